@@ -1,0 +1,185 @@
+"""PyTorch state dicts of the reference VAR / VIAR / VQ-VAE code <-> our Flax params.
+
+Flax module names mirror the reference module names, so a key maps to a param path by a fixed rule:
+  * `name.N` (an index into a ModuleList) becomes the Flax list name `name_N`;
+  * the few Sequential indices with no Flax counterpart are renamed (`ada_lin.1` -> `ada_lin`,
+    `implicit_block_projection.{0,2}` -> `implicit_proj.{fc1,fc2}`);
+  * the last part `weight` becomes the Flax leaf that exists there (`kernel`, `scale` or `embedding`).
+Arrays: Linear (out, in) -> kernel (in, out); Conv2d (O, I, kh, kw) -> kernel (kh, kw, I, O); all
+others unchanged. Conversion is strict: unknown keys, missing params and shape mismatches are reported
+together in one `CheckpointMismatchError`. Buffers that the model recomputes are skipped on purpose.
+"""
+import os
+import re
+from typing import Any, Dict, Mapping, Tuple
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+# Buffers of the reference modules: recomputed by our code (or unused training statistics).
+SKIPPED_BUFFERS = (
+    re.compile(r'^quantize\.ema_vocab_hit_SV$'),  # codebook-usage EMA, a training statistic
+    re.compile(r'^lvl_1L$'),  # scale index per token
+    re.compile(r'^attn_bias_for_masking$'),  # block-causal mask
+    re.compile(r'(^|\.)attn\.zero_k_bias$'),  # frozen zero key bias (checked to be zero)
+)
+# (reference key fragment, our key fragment), applied left to right; each must be unambiguous.
+RENAMES = (
+    ('ada_lin.1.', 'ada_lin.'),
+    ('implicit_block_projection.0.', 'implicit_proj.fc1.'),
+    ('implicit_block_projection.2.', 'implicit_proj.fc2.'),
+)
+_WEIGHT_LEAVES = ('kernel', 'scale', 'embedding')
+_UNSPLIT_PARENTS = ('mid',)  # `mid.block_1` is a real name in the reference, not a list index
+
+
+class CheckpointMismatchError(ValueError):
+  """A state dict that does not fit the model; the message lists every problem."""
+
+
+def _is_skipped(key: str) -> bool:
+  return any(p.search(key) for p in SKIPPED_BUFFERS)
+
+
+def reference_key_to_path(key: str) -> Tuple[str, ...]:
+  """'encoder.down.0.block.1.conv1.weight' -> ('encoder', 'down_0', 'block_1', 'conv1', 'weight')."""
+  for ref, ours in RENAMES:
+    key = key.replace(ref, ours)
+  path = []
+  for part in key.split('.'):
+    if part.isdigit() and path:
+      path[-1] = f'{path[-1]}_{part}'
+    else:
+      path.append(part)
+  return tuple(path)
+
+
+def path_to_reference_key(path: Tuple[str, ...]) -> str:
+  """Inverse of `reference_key_to_path` for a Flax param path (leaf names mapped back to `weight`)."""
+  parts = []
+  for i, name in enumerate(path):
+    if i == len(path) - 1 and name in _WEIGHT_LEAVES:
+      name = 'weight'
+    m = re.fullmatch(r'(.+)_(\d+)', name)
+    if m and not (i > 0 and path[i - 1] in _UNSPLIT_PARENTS):
+      name = f'{m.group(1)}.{m.group(2)}'
+    parts.append(name)
+  key = '.'.join(parts)
+  for ref, ours in reversed(RENAMES):
+    key = key.replace(ours, ref)
+  return key
+
+
+def _to_reference_layout(leaf: str, x: np.ndarray) -> np.ndarray:
+  if leaf == 'kernel' and x.ndim == 2:
+    return x.T
+  if leaf == 'kernel' and x.ndim == 4:
+    return np.transpose(x, (3, 2, 0, 1))
+  return x
+
+
+def _from_reference_layout(leaf: str, x: np.ndarray) -> np.ndarray:
+  if leaf == 'kernel' and x.ndim == 2:
+    return x.T
+  if leaf == 'kernel' and x.ndim == 4:
+    return np.transpose(x, (2, 3, 1, 0))
+  return x
+
+
+def reference_key_spec(template_params) -> Dict[str, Tuple[int, ...]]:
+  """Every reference key (parameters only, no skipped buffers) and its PyTorch shape for a model.
+
+  `template_params` is a params pytree or its `jax.eval_shape` (ShapeDtypeStruct leaves).
+  """
+  spec = {}
+  for path, leaf in traverse_util.flatten_dict(_unfreeze(template_params)).items():
+    shape = tuple(leaf.shape)
+    fake = np.empty(shape, np.uint8) if len(shape) in (2, 4) else None
+    ref_shape = _to_reference_layout(path[-1], fake).shape if fake is not None else shape
+    spec[path_to_reference_key(path)] = tuple(ref_shape)
+  return spec
+
+
+def _unfreeze(tree):
+  tree = tree.unfreeze() if hasattr(tree, 'unfreeze') else tree
+  return tree.get('params', tree) if isinstance(tree, Mapping) and set(tree) == {'params'} else tree
+
+
+def convert_state_dict(state_dict: Mapping[str, Any], template_params, dtype=np.float32):
+  """Reference state dict (key -> array-like) -> Flax params matching `template_params`.
+
+  Raises `CheckpointMismatchError` listing every unknown key, missing param and shape mismatch.
+  """
+  flat_template = traverse_util.flatten_dict(_unfreeze(template_params))
+  by_parent = {}
+  for path in flat_template:
+    by_parent.setdefault(path[:-1], set()).add(path[-1])
+
+  out, unknown, mismatched, bad_buffers = {}, [], [], []
+  for key, value in state_dict.items():
+    if _is_skipped(key):
+      if key.endswith('zero_k_bias') and np.any(_as_numpy(value) != 0):
+        bad_buffers.append(f'{key}: the reference adds this key bias, ours is fixed at zero')
+      continue
+    path = reference_key_to_path(key)
+    leaves = by_parent.get(path[:-1], set())
+    if path[-1] == 'weight':
+      found = [l for l in _WEIGHT_LEAVES if l in leaves]
+      path = path[:-1] + (found[0] if found else 'weight',)
+    if path not in flat_template:
+      unknown.append(key)
+      continue
+    x = _from_reference_layout(path[-1], _as_numpy(value))
+    want = tuple(flat_template[path].shape)
+    if x.shape != want:
+      mismatched.append(f'{key}: checkpoint {tuple(_as_numpy(value).shape)} vs model '
+                        f'{tuple(_to_reference_layout(path[-1], np.empty(want, np.uint8)).shape)}')
+      continue
+    out[path] = np.asarray(x, dtype)
+  missing = [path_to_reference_key(p) for p in flat_template if p not in out
+             and path_to_reference_key(p) not in state_dict]
+  problems = ([f'unknown key {k}' for k in sorted(unknown)] +
+              [f'missing key {k}' for k in sorted(missing)] +
+              [f'shape mismatch {m}' for m in mismatched] + bad_buffers)
+  if problems:
+    raise CheckpointMismatchError(f'{len(problems)} problem(s) converting the state dict:\n  ' +
+                                  '\n  '.join(problems))
+  return traverse_util.unflatten_dict(out)
+
+
+def _as_numpy(value) -> np.ndarray:
+  if hasattr(value, 'detach'):  # torch.Tensor, without importing torch
+    value = value.detach().cpu().float().numpy() if value.is_floating_point() else value.cpu().numpy()
+  return np.asarray(value)
+
+
+def load_reference_state_dict(path: str) -> Dict[str, np.ndarray]:
+  """Loads a reference checkpoint safely: `.pth`/`.pt` via torch with weights_only=True,
+  `.safetensors` via safetensors, `.npz` (keys as-is, or under an `sd/` prefix)."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'checkpoint not found: {path}')
+  if path.endswith('.npz'):
+    with np.load(path) as z:
+      keys = [k for k in z.files if k.startswith('sd/')] or list(z.files)
+      return {k[3:] if k.startswith('sd/') else k: z[k] for k in keys}
+  if path.endswith('.safetensors'):
+    from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+    return load_file(path)
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ImportError('reading .pth checkpoints needs PyTorch: pip install "viar-jax[torch]"') from e
+  sd = torch.load(path, map_location='cpu', weights_only=True)
+  for wrapper in ('state_dict', 'model', 'trainer'):
+    if isinstance(sd, Mapping) and wrapper in sd and isinstance(sd[wrapper], Mapping):
+      sd = sd[wrapper]
+  if not isinstance(sd, Mapping):
+    raise CheckpointMismatchError(f'{path} does not hold a state dict (got {type(sd).__name__})')
+  return {k: _as_numpy(v) for k, v in sd.items()}
+
+
+def abstract_params(module, *init_args, method=None):
+  """Param shapes of `module` without allocating anything (`jax.eval_shape` of `init`)."""
+  variables = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *init_args, method=method))
+  return variables['params']

@@ -1,0 +1,205 @@
+"""VAR's residual multi-scale vector quantizer (`VectorQuantizer2`), NHWC.
+
+A latent f (B, n, n, C) is explained coarse to fine: at scale k the residual is area-downsampled to
+pn_k x pn_k, snapped to its nearest codebook entries, and the codes are bicubic-upsampled back to n x n,
+refined by a 3x3 conv Φ and subtracted from the residual. f̂ is the running sum of those refinements.
+Token maps are (B, pn_k²) int32, row-major.
+"""
+from typing import List, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from viar_jax import resample
+
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def phi_ticks(num_phi: int) -> np.ndarray:
+  if num_phi == 4:
+    return np.linspace(1 / 3 / num_phi, 1 - 1 / 3 / num_phi, num_phi)
+  return np.linspace(1 / 2 / num_phi, 1 - 1 / 2 / num_phi, num_phi)
+
+
+def phi_index_table(num_scales: int, num_phi: int) -> Tuple[int, ...]:
+  """Which Φ each scale uses: argmin |tick - k/(K-1)|.
+
+  Evaluated in float64 numpy exactly as the reference does, because scales can sit on exact ties
+  (K=10, four Φ: scales 2 and 7) that float64 rounding breaks in a specific way:
+  K=10 -> (0,0,1,1,1,2,2,3,3,3), K=14 -> (0,0,0,1,1,1,1,2,2,2,2,3,3,3).
+  """
+  if num_phi < 1:
+    raise ValueError(f'need at least one Φ, got {num_phi}')
+  ticks = phi_ticks(num_phi)
+  at = [k / (num_scales - 1) if num_scales > 1 else 0.0 for k in range(num_scales)]
+  return tuple(int(np.argmin(np.abs(ticks - r))) for r in at)
+
+
+class Phi(nn.Module):
+  """Φ(h) = (1 - r)·h + r·conv3x3(h): the learnt refinement of an upsampled code map."""
+  resi_ratio: float
+
+  @nn.compact
+  def __call__(self, h_BhwC):
+    c = h_BhwC.shape[-1]
+    kernel = self.param('kernel', nn.initializers.lecun_normal(), (3, 3, c, c))
+    bias = self.param('bias', nn.initializers.zeros_init(), (c,))
+    conv = jax.lax.conv_general_dilated(h_BhwC, kernel, (1, 1), ((1, 1), (1, 1)),
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return (1 - self.resi_ratio) * h_BhwC + self.resi_ratio * (conv + bias)
+
+
+class PhiBank(nn.Module):
+  """The reference's `PhiShared` (num_phi == 1: `qresi`) / `PhiPartiallyShared` (`qresi_ls.{i}`)."""
+  resi_ratio: float
+  num_phi: int
+
+  def setup(self):
+    if self.num_phi == 1:
+      self.qresi = Phi(self.resi_ratio)
+    else:
+      self.qresi_ls = [Phi(self.resi_ratio) for _ in range(self.num_phi)]
+
+  @property
+  def phis(self) -> Tuple[Phi, ...]:
+    return (self.qresi,) if self.num_phi == 1 else tuple(self.qresi_ls)
+
+
+class MultiScaleQuantizer(nn.Module):
+  """Codebook + Φ bank.
+
+  share_quant_resi: 0 -> one Φ per scale (or `default_qresi_counts`), 1 -> one shared Φ,
+  N > 1 -> N Φ spread over the scales by `phi_index_table`. |resi_ratio| <= 1e-6 -> Φ is the identity.
+  """
+  vocab_size: int
+  z_channels: int
+  patch_nums: Sequence[int]
+  beta: float = 0.25
+  using_znorm: bool = False
+  resi_ratio: float = 0.5  # the reference's `quant_resi`
+  share_quant_resi: int = 4
+  default_qresi_counts: int = 0
+
+  def setup(self):
+    self.embedding = nn.Embed(self.vocab_size, self.z_channels,
+                              embedding_init=_symmetric_uniform(1 / self.vocab_size))
+    ratio = abs(self.resi_ratio)
+    if ratio <= 1e-6:
+      return
+    if self.share_quant_resi == 0:  # one Φ per scale, named like the reference's `quant_resi.{i}`
+      self.quant_resi = [Phi(ratio) for _ in range(self.default_qresi_counts or self.num_scales)]
+    else:
+      self.quant_resi = PhiBank(ratio, self.share_quant_resi)
+
+  @property
+  def phis(self) -> Tuple[Phi, ...]:
+    if abs(self.resi_ratio) <= 1e-6:
+      return ()
+    return tuple(self.quant_resi) if self.share_quant_resi == 0 else self.quant_resi.phis
+
+  @property
+  def num_scales(self) -> int:
+    return len(self.patch_nums)
+
+  @property
+  def latent_size(self) -> int:
+    return self.patch_nums[-1]
+
+  def phi(self, k: int, h_BhwC):
+    if not self.phis:
+      return h_BhwC
+    if self.is_initializing():  # create every Φ's params even if this config never reaches some
+      for p in self.phis:
+        p(h_BhwC)
+    return self.phis[phi_index_table(self.num_scales, len(self.phis))[k]](h_BhwC)
+
+  # --- codes <-> latents -------------------------------------------------------------------------
+
+  def codebook(self) -> jax.Array:
+    return self.embedding.embedding
+
+  def lookup(self, idx_Bl, pn: int):
+    """(B, pn²) token ids -> (B, pn, pn, C) code vectors."""
+    return jnp.take(self.codebook(), idx_Bl, axis=0).reshape(idx_Bl.shape[0], pn, pn, -1)
+
+  def upsample_refine(self, k: int, h_BpnpnC):
+    """Φ_j(k)(Up_k(h)): the contribution of scale k to f̂ at latent resolution."""
+    return self.phi(k, resample.resize(h_BpnpnC, self.latent_size, 'bicubic'))
+
+  def nearest_code(self, z_BpnpnC):
+    """Nearest codebook entry per position, in fp32 as the reference: (B, pn, pn, C) -> (B, pn²)."""
+    b = z_BpnpnC.shape[0]
+    z_NC = z_BpnpnC.reshape(-1, z_BpnpnC.shape[-1]).astype(jnp.float32)
+    e_VC = self.codebook().astype(jnp.float32)
+    if self.using_znorm:
+      normalize = lambda a: a / jnp.maximum(jnp.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+      idx_N = jnp.argmax(jnp.dot(normalize(z_NC), normalize(e_VC).T, precision=HIGHEST), axis=1)
+    else:
+      d_NV = (jnp.sum(z_NC**2, axis=1, keepdims=True) + jnp.sum(e_VC**2, axis=1)
+              - 2 * jnp.dot(z_NC, e_VC.T, precision=HIGHEST))
+      idx_N = jnp.argmin(d_NV, axis=1)
+    return idx_N.astype(jnp.int32).reshape(b, -1)
+
+  def f_to_idx_or_fhat(self, f_BhwC, to_fhat: bool) -> List[jax.Array]:
+    """Residual quantization of f: per scale the token map (B, pn²), or the running f̂ (B, n, n, C)."""
+    f_rest = jax.lax.stop_gradient(f_BhwC)
+    f_hat = jnp.zeros_like(f_rest)
+    out = []
+    for k, pn in enumerate(self.patch_nums):
+      idx_Bl = self.nearest_code(resample.resize(f_rest, pn, 'area'))
+      h = self.upsample_refine(k, self.lookup(idx_Bl, pn))
+      f_hat, f_rest = f_hat + h, f_rest - h
+      out.append(f_hat if to_fhat else idx_Bl)
+    return out
+
+  def idx_to_fhats(self, idx_list: Sequence[jax.Array]) -> List[jax.Array]:
+    """Token maps of every scale -> the running f̂ after each scale (`embed_to_fhat`)."""
+    f_hat, out = 0.0, []
+    for k, (pn, idx_Bl) in enumerate(zip(self.patch_nums, idx_list)):
+      f_hat = f_hat + self.upsample_refine(k, self.lookup(idx_Bl, pn))
+      out.append(f_hat)
+    return out
+
+  def idx_to_var_input(self, idx_list: Sequence[jax.Array]):
+    """Teacher-forcing input (B, L - pn_0², C): the area-downsampled running f̂ at each next scale."""
+    f_hat, chunks = 0.0, []
+    for k in range(self.num_scales - 1):
+      pn, pn_next = self.patch_nums[k], self.patch_nums[k + 1]
+      f_hat = f_hat + self.upsample_refine(k, self.lookup(idx_list[k], pn))
+      nxt = resample.resize(f_hat, pn_next, 'area')
+      chunks.append(nxt.reshape(nxt.shape[0], pn_next * pn_next, -1))
+    return jnp.concatenate(chunks, axis=1)
+
+  def next_ar_input(self, k: int, f_hat_BhwC, h_BpnpnC):
+    """One autoregressive step: add scale k's codes to f̂; return (f̂, input for scale k+1 or f̂)."""
+    if k == self.num_scales - 1:
+      f_hat_BhwC = f_hat_BhwC + self.phi(k, h_BpnpnC)
+      return f_hat_BhwC, f_hat_BhwC
+    f_hat_BhwC = f_hat_BhwC + self.upsample_refine(k, h_BpnpnC)
+    return f_hat_BhwC, resample.resize(f_hat_BhwC, self.patch_nums[k + 1], 'area')
+
+  def __call__(self, f_BhwC):
+    """Training forward: (straight-through f̂, VQ loss, per-scale codebook hit counts (K, V))."""
+    f_BhwC = f_BhwC.astype(jnp.float32)
+    f_sg = jax.lax.stop_gradient(f_BhwC)
+    f_rest, f_hat = f_sg, jnp.zeros_like(f_sg)
+    loss, hits = 0.0, []
+    for k, pn in enumerate(self.patch_nums):
+      idx_Bl = self.nearest_code(resample.resize(f_rest, pn, 'area'))
+      hits.append(jnp.bincount(idx_Bl.reshape(-1), length=self.vocab_size))
+      h = self.upsample_refine(k, self.lookup(idx_Bl, pn))
+      f_hat = f_hat + h
+      f_rest = f_rest - h
+      # β·‖sg(f̂) - f‖² (commitment, trains the encoder) + ‖f̂ - sg(f)‖² (trains codebook and Φ).
+      loss = loss + self.beta * jnp.mean((jax.lax.stop_gradient(f_hat) - f_BhwC)**2)
+      loss = loss + jnp.mean((f_hat - f_sg)**2)
+    f_hat_st = jax.lax.stop_gradient(f_hat) - f_sg + f_BhwC
+    return f_hat_st, loss / self.num_scales, jnp.stack(hits)
+
+
+def _symmetric_uniform(bound):
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
