@@ -35,6 +35,7 @@ class VQVAEConfig:
   quant_resi: float = 0.5
   share_quant_resi: int = 4
   default_qresi_counts: int = 0
+  quant_conv_ks: int = 3
   using_sa: bool = True
   using_mid_sa: bool = True
 
@@ -54,6 +55,8 @@ class VQVAEConfig:
       raise ValueError(f'image_size {self.image_size} is not divisible by the downsample factor '
                        f'{self.downsample} of ch_mult={self.ch_mult}')
     check_patch_nums(self.patch_nums, self.latent_size)
+    if self.quant_conv_ks < 1 or self.quant_conv_ks % 2 == 0:
+      raise ValueError(f'quant_conv_ks must be a positive odd number, got {self.quant_conv_ks}')
     if self.share_quant_resi < 0:
       raise ValueError(f'share_quant_resi must be >= 0, got {self.share_quant_resi}')
 
@@ -93,8 +96,9 @@ class VQVAE(nn.Module):
                                     c.using_sa, c.using_mid_sa)
     self.decoder = vae_nets.Decoder(c.ch, c.ch_mult, c.num_res_blocks, c.in_channels,
                                     c.using_sa, c.using_mid_sa)
-    self.quant_conv = nn.Conv(c.z_channels, (3, 3), padding=((1, 1), (1, 1)))
-    self.post_quant_conv = nn.Conv(c.z_channels, (3, 3), padding=((1, 1), (1, 1)))
+    ks, pad = c.quant_conv_ks, c.quant_conv_ks // 2
+    self.quant_conv = nn.Conv(c.z_channels, (ks, ks), padding=((pad, pad), (pad, pad)))
+    self.post_quant_conv = nn.Conv(c.z_channels, (ks, ks), padding=((pad, pad), (pad, pad)))
     self.quantize = quantizer.MultiScaleQuantizer(
         c.vocab_size, c.z_channels, c.patch_nums, c.beta, c.using_znorm, c.quant_resi,
         c.share_quant_resi, c.default_qresi_counts)

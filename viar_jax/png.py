@@ -1,0 +1,42 @@
+"""Dependency-free PNG writing and image grids (uint8 RGB)."""
+import pathlib
+import struct
+import zlib
+
+import numpy as np
+
+
+def to_uint8(img, value_range=(-1.0, 1.0)) -> np.ndarray:
+  """Float image(s) in `value_range` -> uint8 (rounded, clipped)."""
+  lo, hi = value_range
+  x = (np.asarray(img, np.float32) - lo) / (hi - lo)
+  return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
+
+
+def grid(images_NHWC: np.ndarray, cols: int, pad: int = 2) -> np.ndarray:
+  """(N, H, W, 3) uint8 -> one (rows·(H+pad)+pad, cols·(W+pad)+pad, 3) uint8 mosaic, row-major."""
+  n, h, w, c = images_NHWC.shape
+  rows = -(-n // cols)
+  out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, np.uint8)
+  for i, im in enumerate(images_NHWC):
+    r, q = divmod(i, cols)
+    out[pad + r * (h + pad):pad + r * (h + pad) + h, pad + q * (w + pad):pad + q * (w + pad) + w] = im
+  return out
+
+
+def write_png(path, img_HWC: np.ndarray) -> pathlib.Path:
+  """Writes an (H, W, 3) or (H, W) uint8 array as a PNG; creates parent directories."""
+  img = np.asarray(img_HWC)
+  if img.dtype != np.uint8 or img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
+    raise ValueError(f'write_png expects uint8 (H, W, 3) or (H, W), got {img.dtype} {img.shape}')
+  h, w = img.shape[:2]
+  color_type = 2 if img.ndim == 3 else 0
+  raw = b''.join(b'\x00' + img[y].tobytes() for y in range(h))
+  chunk = lambda tag, data: (struct.pack('>I', len(data)) + tag + data +
+                             struct.pack('>I', zlib.crc32(tag + data) & 0xFFFFFFFF))
+  png = (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 8, color_type, 0, 0, 0)) +
+         chunk(b'IDAT', zlib.compress(raw, 6)) + chunk(b'IEND', b''))
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(png)
+  return path
