@@ -127,7 +127,8 @@ class VQVAE(nn.Module):
       if not jnp.issubdtype(idx.dtype, jnp.integer):
         raise ValueError(f'token map of scale {k} must be integer, got {idx.dtype}')
       if _is_concrete(idx):
-        lo, hi = int(np.min(idx)), int(np.max(idx))
+        idx_np = np.asarray(idx)
+        lo, hi = int(idx_np.min()), int(idx_np.max())
         if lo < 0 or hi >= self.config.vocab_size:
           raise ValueError(f'token ids of scale {k} must lie in [0, {self.config.vocab_size}), '
                            f'got range [{lo}, {hi}]')
