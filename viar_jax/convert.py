@@ -181,5 +181,6 @@ def load_reference_state_dict(path: str) -> Dict[str, np.ndarray]:
 
 def abstract_params(module, *init_args, method=None):
   """Param shapes of `module` without allocating anything (`jax.eval_shape` of `init`)."""
-  variables = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *init_args, method=method))
+  init = lambda *args: module.init(jax.random.PRNGKey(0), *args, method=method)
+  variables = jax.eval_shape(init, *init_args)  # args may be arrays or jax.ShapeDtypeStruct
   return variables['params']
