@@ -202,6 +202,29 @@ class Transformer(nn.Module):
     """One implicit iteration F(z) = Block(P([z; x]), c)."""
     return self.implicit_block(self.implicit_proj(z_BLC, x_BLC), cond, mask_LS, deterministic, cache)
 
+  # --- KV-cached inference (see viar_jax.sampler) ---------------------------------------------------
+
+  def sample_first(self, labels_B):
+    """-> (SOS tokens (B, 1, C) in the compute dtype, class embedding cond_BD, block condition)."""
+    cond_BD, cond = self.condition(labels_B)
+    return self.embed_first(cond_BD).astype(self.config.dtype), cond_BD, cond
+
+  def sample_next(self, nxt_BlCv, k: int):
+    """Embedded inputs of scale k (the area-downsampled f̂, (B, pn_k², Cvae))."""
+    begin, end = self.config.scale_bounds[k]
+    return self.embed_tokens(nxt_BlCv, begin, end).astype(self.config.dtype)
+
+  def sample_blocks(self, stack: str, x_BlC, cond, caches, start: int):
+    """Runs a block stack ('blocks', 'pre_blocks' or 'post_blocks') with per-block KV caches."""
+    new_caches = []
+    for blk, (k_buf, v_buf) in zip(getattr(self, stack), caches):
+      x_BlC, (k_buf, v_buf, _) = blk(x_BlC, cond, None, True, (k_buf, v_buf, start))
+      new_caches.append((k_buf, v_buf))
+    return x_BlC, new_caches
+
+  def sample_head(self, h_BlC, cond_BD):
+    return self.logits(h_BlC, cond_BD)
+
   # --- teacher forcing -------------------------------------------------------------------------------
 
   def __call__(self, labels_B, x_BLCv, *, deterministic: bool = True,
@@ -262,7 +285,7 @@ class Transformer(nn.Module):
     rngs = {'dropout': self.make_rng('dropout')} if not deterministic else {}
     # One unbound copy of the two sub-layers, applied with explicit params inside the loops. The
     # drop-path mask of the implicit block is drawn once per forward and shared by its iterations.
-    unbound = _ImplicitLayer(c, parent=None)
+    unbound = ImplicitLayer(c, parent=None)
 
     def step(p, z, inj):
       return unbound.apply({'params': p}, z, inj, cond, mask, deterministic, rngs=rngs)
@@ -272,7 +295,7 @@ class Transformer(nn.Module):
                                    with_grad_iters=with_grad_iters, max_with_grad_iters=max_m)
 
 
-class _ImplicitLayer(nn.Module):
+class ImplicitLayer(nn.Module):
   """F(z; x, c) = Block(P([z; x]), c) with the param names of the full model."""
   config: TransformerConfig
 
@@ -281,5 +304,5 @@ class _ImplicitLayer(nn.Module):
     self.implicit_block = make_block(c, c.drop_path_rates()[c.depth // 2])
     self.implicit_proj = ImplicitProjection(c.init_std)
 
-  def __call__(self, z, x, cond, mask, deterministic):
-    return self.implicit_block(self.implicit_proj(z, x), cond, mask, deterministic)
+  def __call__(self, z, x, cond, mask, deterministic: bool = True, cache=None):
+    return self.implicit_block(self.implicit_proj(z, x), cond, mask, deterministic, cache)

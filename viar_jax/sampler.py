@@ -1,0 +1,239 @@
+"""KV-cached next-scale generation for VAR and VIAR (the reference `autoregressive_infer_cfg`).
+
+    sample_fn = sampler.make_sampler(vae, model, sampler.SampleOptions(cfg=1.5, top_k=900, top_p=0.96))
+    out = sample_fn(vae_params, params, key, labels)      # jitted; deterministic per key
+    out.images  # (B, H, W, 3) in [0, 1]
+
+The batch is doubled (conditional rows, then null-class rows); every block keeps a preallocated KV cache
+of the full sequence length, written scale by scale at static offsets.
+
+VIAR's implicit layer runs n_s iterations at scale s, with one of two KV-cache modes:
+  per_iteration  the reference: the implicit block's cache is grouped by iteration index; iteration i
+                 attends to what iteration i wrote at every earlier scale that ran more than i
+                 iterations. Needed for parity with released weights. When a schedule increases,
+                 iterations that no earlier scale reached see only the current scale (a warning says so).
+  final_iterate  one cache group holding the keys/values of each earlier scale's equilibrium point z*
+                 (one extra block evaluation per scale writes them): memory independent of the
+                 iteration count, no lost context, any solver and early exit by tolerance.
+"""
+import dataclasses
+import functools
+import warnings
+from typing import List, NamedTuple, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from viar_jax import solvers, transformer, vqvae
+
+CACHE_MODES = ('per_iteration', 'final_iterate')
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleOptions:
+  cfg: float = 1.5  # guidance ramps linearly over scales: t_k = cfg·k/(K-1)
+  top_k: int = 0  # 0 = off
+  top_p: float = 0.0  # 0 = off
+  more_smooth: bool = False  # the reference's soft Gumbel mixing of code vectors
+  iters: Optional[Tuple[int, ...]] = None  # VIAR iterations per scale; None = eval_iters everywhere
+  tol: Optional[float] = None  # VIAR early exit on the per-sample relative residual
+  solver: str = 'picard'
+  cache_mode: str = 'per_iteration'
+
+  def __post_init__(self):
+    if self.top_k < 0:
+      raise ValueError(f'top_k must be >= 0, got {self.top_k}')
+    if not 0.0 <= self.top_p <= 1.0:
+      raise ValueError(f'top_p must lie in [0, 1], got {self.top_p}')
+    if self.cache_mode not in CACHE_MODES:
+      raise ValueError(f'unknown cache_mode {self.cache_mode!r}; expected one of {CACHE_MODES}')
+    if self.solver not in solvers.METHODS:
+      raise ValueError(f'unknown solver {self.solver!r}; expected one of {solvers.METHODS}')
+    if self.cache_mode == 'per_iteration' and (self.tol is not None or self.solver != 'picard'):
+      raise ValueError("cache_mode='per_iteration' replays the reference's fixed Picard iterations; "
+                       "use cache_mode='final_iterate' for a tolerance or the Anderson solver")
+    if self.tol is not None and self.tol <= 0:
+      raise ValueError(f'tol must be > 0, got {self.tol}')
+    if self.iters is not None:
+      object.__setattr__(self, 'iters', tuple(int(n) for n in self.iters))
+      if min(self.iters) < 1:
+        raise ValueError(f'every scale needs >= 1 implicit iteration, got {self.iters}')
+
+
+class SampleOutput(NamedTuple):
+  tokens: List[jax.Array]  # per scale (B, pn²) int32
+  f_hat: jax.Array  # (B, n, n, Cvae)
+  images: jax.Array  # (B, H, W, 3) in [0, 1]
+  guided_logits: List[jax.Array]  # per scale (B, pn², V): (1+t)·cond - t·null, before filtering
+  iterations: jax.Array  # (K, B) int32 implicit iterations per scale and sample (0 for VAR)
+  residuals: jax.Array  # (K, B) float32 final relative residual per scale and sample (0 for VAR)
+
+
+def filter_logits(logits_BlV, top_k: int, top_p: float):
+  """The reference `sample_with_top_k_top_p_` filtering: top-k keeps ties with the k-th largest;
+  top-p drops the smallest logits whose cumulative probability is <= 1 - p, never the largest."""
+  if 0 < top_k < logits_BlV.shape[-1]:
+    kth = jax.lax.top_k(logits_BlV, top_k)[0][..., -1:]
+    logits_BlV = jnp.where(logits_BlV < kth, -jnp.inf, logits_BlV)
+  if top_p > 0:
+    order = jnp.argsort(logits_BlV, axis=-1)  # ascending
+    sorted_logits = jnp.take_along_axis(logits_BlV, order, axis=-1)
+    remove = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1) <= 1 - top_p
+    remove = remove.at[..., -1].set(False)
+    remove = jnp.take_along_axis(remove, jnp.argsort(order, axis=-1), axis=-1)
+    logits_BlV = jnp.where(remove, -jnp.inf, logits_BlV)
+  return logits_BlV
+
+
+def iteration_counts(config: transformer.TransformerConfig, options: SampleOptions) -> Tuple[int, ...]:
+  k = len(config.patch_nums)
+  iters = options.iters or (config.eval_iters,) * k
+  if len(iters) != k:
+    raise ValueError(f'iters has {len(iters)} entries for {k} scales: {iters}')
+  return iters
+
+
+def per_iteration_key_mask(patch_nums, iters) -> np.ndarray:
+  """(n_max, K, L) bool: at scale s, iteration i may attend position p (of an earlier scale) iff that
+  scale ran more than i iterations; positions of scale s itself are always visible."""
+  lvl = transformer.token_levels(patch_nums)
+  n_max, k = max(iters), len(patch_nums)
+  mask = np.zeros((n_max, k, len(lvl)), bool)
+  for i in range(n_max):
+    for s in range(k):
+      mask[i, s] = ((lvl < s) & (np.asarray(iters)[lvl] > i)) | (lvl == s)
+  return mask
+
+
+def _warn_if_increasing(iters):
+  lost = [(s, n) for s, n in enumerate(iters) if s and n > max(iters[:s])]
+  if lost:
+    warnings.warn(f'implicit iterations per scale {iters} increase; in per_iteration cache mode the '
+                  f'iterations beyond every earlier scale\'s count see only the current scale (the '
+                  f'reference behaviour). cache_mode="final_iterate" keeps the context.', stacklevel=3)
+
+
+def make_sampler(vae: vqvae.VQVAE, model: transformer.Transformer, options: SampleOptions = SampleOptions()):
+  """-> jitted `sample(vae_params, params, key, labels) -> SampleOutput` (labels (B,) int32)."""
+  c = model.config
+  if vae.config.patch_nums != c.patch_nums:
+    raise ValueError(f'tokenizer patch_nums {vae.config.patch_nums} != transformer patch_nums '
+                     f'{c.patch_nums}')
+  if vae.config.vocab_size != c.vocab_size or vae.config.z_channels != c.z_channels:
+    raise ValueError('tokenizer and transformer disagree on vocab_size / z_channels')
+  iters = iteration_counts(c, options) if c.implicit else None
+  if c.implicit and options.cache_mode == 'per_iteration':
+    _warn_if_increasing(iters)
+  return jax.jit(functools.partial(_sample, vae, model, options, iters))
+
+
+def random_labels(key, batch: int, num_classes: int):
+  return jax.random.randint(key, (batch,), 0, num_classes, dtype=jnp.int32)
+
+
+def _sample(vae, model, options, iters, vae_params, params, key, labels):
+  c = model.config
+  b = labels.shape[0]
+  num_scales = len(c.patch_nums)
+  head_dim = c.embed_dim // c.num_heads
+  dtype = jnp.dtype(c.dtype)
+  call = lambda method, *a: model.apply({'params': params}, *a, method=method)
+  vae_call = lambda method, *a: vae.apply({'params': vae_params}, *a, method=method)
+  codebook = vae_params['quantize']['embedding']['embedding']
+
+  labels_2B = jnp.concatenate([labels, jnp.full_like(labels, c.num_classes)])
+  x, cond_BD, cond = call(transformer.Transformer.sample_first, labels_2B)
+  empty = lambda *lead: jnp.zeros(lead + (2 * b, c.seq_len, c.num_heads, head_dim), dtype)
+  stacks = ('pre_blocks', 'post_blocks') if c.implicit else ('blocks',)
+  depth_of = {'blocks': c.depth, 'pre_blocks': c.pre_depth, 'post_blocks': c.post_depth}
+  caches = {s: [(empty(), empty()) for _ in range(depth_of[s])] for s in stacks}
+  if c.implicit:
+    groups = max(iters) if options.cache_mode == 'per_iteration' else 1
+    implicit_cache = (empty(groups), empty(groups))
+    implicit = transformer.ImplicitLayer(c, parent=None)
+    implicit_params = {'params': {n: params[n] for n in ('implicit_block', 'implicit_proj')}}
+    key_mask = jnp.asarray(per_iteration_key_mask(c.patch_nums, iters))
+
+  f_hat = jnp.zeros((b, c.patch_nums[-1], c.patch_nums[-1], c.z_channels), jnp.float32)
+  tokens, guided, iterations, residuals = [], [], [], []
+  for k, pn in enumerate(c.patch_nums):
+    start = c.scale_bounds[k][0]
+    if c.implicit:
+      x, caches['pre_blocks'] = call(transformer.Transformer.sample_blocks, 'pre_blocks', x, cond,
+                                     caches['pre_blocks'], start)
+      run = _per_iteration if options.cache_mode == 'per_iteration' else _final_iterate
+      x, implicit_cache, n_run, resid = run(implicit, implicit_params, x, cond, implicit_cache, start,
+                                            k, iters[k], key_mask, options)
+      x, caches['post_blocks'] = call(transformer.Transformer.sample_blocks, 'post_blocks', x, cond,
+                                      caches['post_blocks'], start)
+      iterations.append(n_run[:b])
+      residuals.append(resid[:b])
+    else:
+      x, caches['blocks'] = call(transformer.Transformer.sample_blocks, 'blocks', x, cond,
+                                 caches['blocks'], start)
+      iterations.append(jnp.zeros((b,), jnp.int32))
+      residuals.append(jnp.zeros((b,), jnp.float32))
+    logits = call(transformer.Transformer.sample_head, x, cond_BD)
+    t = options.cfg * k / max(num_scales - 1, 1)
+    logits = (1 + t) * logits[:b] - t * logits[b:]
+    guided.append(logits)
+    key, key_idx, key_gumbel = jax.random.split(key, 3)
+    filtered = filter_logits(logits, options.top_k, options.top_p)
+    idx = jax.random.categorical(key_idx, filtered, axis=-1).astype(jnp.int32)
+    tokens.append(idx)
+    if options.more_smooth:
+      ratio = k / max(num_scales - 1, 1)
+      tau = max(0.27 * (1 - ratio * 0.95), 0.005)
+      gumbel = jax.random.gumbel(key_gumbel, filtered.shape)
+      h = jax.nn.softmax((filtered * (1 + ratio) + gumbel) / tau, axis=-1) @ codebook
+    else:
+      h = codebook[idx]
+    f_hat, nxt = vae_call(vqvae.VQVAE.next_ar_input, k, f_hat, h.reshape(b, pn, pn, -1))
+    if k + 1 < num_scales:
+      nxt = nxt.reshape(b, -1, c.z_channels)
+      x = call(transformer.Transformer.sample_next, jnp.concatenate([nxt, nxt]), k + 1)
+
+  images = (vae_call(vqvae.VQVAE.fhat_to_img, f_hat) + 1) / 2
+  return SampleOutput(tokens, f_hat, images, guided, jnp.stack(iterations), jnp.stack(residuals))
+
+
+def _residual(new, old):
+  diff = jnp.linalg.norm((new - old).reshape(new.shape[0], -1).astype(jnp.float32), axis=1)
+  return diff / (jnp.linalg.norm(new.reshape(new.shape[0], -1).astype(jnp.float32), axis=1) + 1e-12)
+
+
+def _per_iteration(implicit, variables, x, cond, cache, start, k, n, key_mask, options):
+  """n Picard iterations; iteration i reads and writes cache group i (the reference semantics)."""
+  del options
+  k_all, v_all = cache
+  l = x.shape[1]
+
+  def body(i, state):
+    z, _, k_all, v_all = state
+    mask = jax.lax.dynamic_index_in_dim(key_mask, i, keepdims=False)[k, :start + l][None]
+    k_i = jax.lax.dynamic_index_in_dim(k_all, i, keepdims=False)
+    v_i = jax.lax.dynamic_index_in_dim(v_all, i, keepdims=False)
+    z_new, (k_i, v_i, _) = implicit.apply(variables, z, x, cond, mask, True, (k_i, v_i, start))
+    k_all = jax.lax.dynamic_update_index_in_dim(k_all, k_i, i, 0)
+    v_all = jax.lax.dynamic_update_index_in_dim(v_all, v_i, i, 0)
+    return z_new, z, k_all, v_all
+
+  z, z_prev, k_all, v_all = jax.lax.fori_loop(0, n, body, (x, x, k_all, v_all))
+  return z, (k_all, v_all), jnp.full((x.shape[0],), n, jnp.int32), _residual(z, z_prev)
+
+
+def _final_iterate(implicit, variables, x, cond, cache, start, k, n, key_mask, options):
+  """Solve z = F(z) against the earlier scales' cached equilibria, then cache this scale's z*."""
+  del key_mask, k
+  k_buf, v_buf = cache[0][0], cache[1][0]
+  l = x.shape[1]
+
+  def f(z):  # attends to the frozen prefix [0, start) and to its own tokens
+    out, _ = implicit.apply(variables, z, x, cond, None, True, (k_buf, v_buf, start))
+    return out
+
+  z, stats = solvers.solve(f, x, max_iters=n, tol=options.tol, method=options.solver)
+  _, (k_buf, v_buf, _) = implicit.apply(variables, z, x, cond, None, True, (k_buf, v_buf, start))
+  del l
+  return z, (k_buf[None], v_buf[None]), stats.iterations_per_sample, stats.residual
