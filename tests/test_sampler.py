@@ -113,3 +113,29 @@ def test_sampling_is_deterministic_per_key(viar):
   assert any(np.any(np.asarray(x) != np.asarray(y)) for x, y in zip(a.tokens, c.tokens))
   assert a.images.shape == (4, 64, 64, 3)
   assert 0.0 <= float(a.images.min()) and float(a.images.max()) <= 1.0
+
+
+def test_editing_keeps_the_source_where_asked(viar):
+  vae, vae_params, model, params = viar
+  data = fixture_sets.arrays(fixture_sets.discover()[0], 'vqvae')
+  img = jnp.asarray(fixture_sets.nchw_to_nhwc(data['in/img']))
+  source = vae.apply({'params': vae_params}, img, method=vqvae.VQVAE.img_to_idx)
+  labels = jnp.array([10, 3], jnp.int32)  # pure in-painting and class-conditional editing
+  opts = sampler.SampleOptions(cfg=3.0, top_k=5, iters=(2,) * 4)
+  fn = sampler.make_sampler(vae, model, opts)
+  n = model.config.patch_nums[-1]
+  keep_all = fn(vae_params, params, jax.random.PRNGKey(0), labels, (source, jnp.ones((2, n, n))))
+  for got, want in zip(keep_all.tokens, source):
+    np.testing.assert_array_equal(got, want)
+  recon = vae.apply({'params': vae_params}, img, method=vqvae.VQVAE.img_to_fhats)[-1]
+  np.testing.assert_allclose(keep_all.f_hat, recon, atol=1e-5)
+  # Keep the left half: kept token positions are the source's, the rest is generated.
+  keep_left = jnp.zeros((2, n, n)).at[:, :, :n // 2].set(1.0)
+  half = fn(vae_params, params, jax.random.PRNGKey(0), labels, (source, keep_left))
+  masks = sampler.edit_masks(keep_left, model.config.patch_nums)
+  for k, (got, want) in enumerate(zip(half.tokens, source)):
+    m = np.asarray(masks[k][..., 0])
+    np.testing.assert_array_equal(np.asarray(got)[m], np.asarray(want)[m])
+  assert np.all(np.asarray(masks[-1][0, :, 0]).reshape(n, n) == (np.arange(n) < n // 2)[None])
+  with pytest.raises(ValueError, match='keep mask must be'):
+    fn(vae_params, params, jax.random.PRNGKey(0), labels, (source, jnp.ones((2, 3, 3))))

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from viar_jax import solvers, transformer, vqvae
+from viar_jax import resample, solvers, transformer, vqvae
 
 CACHE_MODES = ('per_iteration', 'final_iterate')
 
@@ -115,7 +115,15 @@ def _warn_if_increasing(iters):
 
 
 def make_sampler(vae: vqvae.VQVAE, model: transformer.Transformer, options: SampleOptions = SampleOptions()):
-  """-> jitted `sample(vae_params, params, key, labels) -> SampleOutput` (labels (B,) int32)."""
+  """-> jitted `sample(vae_params, params, key, labels, edit=None) -> SampleOutput`.
+
+  labels: (B,) int32 in [0, num_classes] (num_classes = null class).
+  edit: optional `(source_tokens, keep_mask_Bhw)` for in/out-painting and class-conditional editing
+    (VAR.md §5): source_tokens is the tokenizer's list of (B, pn²) maps of the source image,
+    keep_mask_Bhw (B, n, n) float at the finest token grid, 1 = keep the source. At every scale the
+    mask is resized bilinearly to pn x pn and thresholded at 0.5 (always all-ones when pn² <= 3); kept
+    positions are teacher-forced with the source codes.
+  """
   c = model.config
   if vae.config.patch_nums != c.patch_nums:
     raise ValueError(f'tokenizer patch_nums {vae.config.patch_nums} != transformer patch_nums '
@@ -132,8 +140,29 @@ def random_labels(key, batch: int, num_classes: int):
   return jax.random.randint(key, (batch,), 0, num_classes, dtype=jnp.int32)
 
 
-def _sample(vae, model, options, iters, vae_params, params, key, labels):
+def edit_masks(keep_mask_Bhw, patch_nums) -> List[jax.Array]:
+  """Per-scale keep masks (B, pn², 1): bilinear resize, > 0.5, all-ones when pn² <= 3."""
+  masks = []
+  for pn in patch_nums:
+    if pn * pn <= 3:
+      masks.append(jnp.ones((keep_mask_Bhw.shape[0], pn * pn, 1), bool))
+      continue
+    m = resample.resize(keep_mask_Bhw[..., None].astype(jnp.float32), pn, 'bilinear')
+    masks.append((m > 0.5).reshape(keep_mask_Bhw.shape[0], pn * pn, 1))
+  return masks
+
+
+def _sample(vae, model, options, iters, vae_params, params, key, labels, edit=None):
   c = model.config
+  if edit is not None:
+    source_tokens, keep_mask = edit
+    n = c.patch_nums[-1]
+    if tuple(keep_mask.shape) != (labels.shape[0], n, n):
+      raise ValueError(f'edit keep mask must be (B, {n}, {n}) at the finest token grid, got '
+                       f'{tuple(keep_mask.shape)}')
+    if [tuple(t.shape) for t in source_tokens] != [(labels.shape[0], p * p) for p in c.patch_nums]:
+      raise ValueError('edit source tokens must be one (B, pn²) map per scale')
+    masks = edit_masks(keep_mask, c.patch_nums)
   b = labels.shape[0]
   num_scales = len(c.patch_nums)
   head_dim = c.embed_dim // c.num_heads
@@ -181,7 +210,6 @@ def _sample(vae, model, options, iters, vae_params, params, key, labels):
     key, key_idx, key_gumbel = jax.random.split(key, 3)
     filtered = filter_logits(logits, options.top_k, options.top_p)
     idx = jax.random.categorical(key_idx, filtered, axis=-1).astype(jnp.int32)
-    tokens.append(idx)
     if options.more_smooth:
       ratio = k / max(num_scales - 1, 1)
       tau = max(0.27 * (1 - ratio * 0.95), 0.005)
@@ -189,6 +217,10 @@ def _sample(vae, model, options, iters, vae_params, params, key, labels):
       h = jax.nn.softmax((filtered * (1 + ratio) + gumbel) / tau, axis=-1) @ codebook
     else:
       h = codebook[idx]
+    if edit is not None:  # kept positions take the source codes; the prediction there is discarded
+      h = jnp.where(masks[k], codebook[source_tokens[k]], h)
+      idx = jnp.where(masks[k][..., 0], source_tokens[k], idx)
+    tokens.append(idx)
     f_hat, nxt = vae_call(vqvae.VQVAE.next_ar_input, k, f_hat, h.reshape(b, pn, pn, -1))
     if k + 1 < num_scales:
       nxt = nxt.reshape(b, -1, c.z_channels)
