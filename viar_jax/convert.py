@@ -170,7 +170,8 @@ def load_reference_state_dict(path: str) -> Dict[str, np.ndarray]:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise ImportError('reading .pth checkpoints needs PyTorch: pip install "viar-jax[torch]"') from e
-  sd = torch.load(path, map_location='cpu', weights_only=True)
+  # mmap: tensors stay file-backed until converted one by one (no second full copy in memory).
+  sd = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
   for wrapper in ('state_dict', 'model', 'trainer'):
     if isinstance(sd, Mapping) and wrapper in sd and isinstance(sd[wrapper], Mapping):
       sd = sd[wrapper]
