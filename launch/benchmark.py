@@ -181,27 +181,29 @@ def sample_options(settings: Settings, spec: RowSpec) -> sampler.SampleOptions:
 # --- models and memory facts ----------------------------------------------------------------------
 
 
-def random_params(module, key, *init_args):
-  """N(0, 0.02²) params of the shapes `module.init` would make, without compiling the init."""
-  shapes = jax.eval_shape(module.init, key, *init_args)['params']
-  leaves, treedef = jax.tree.flatten(shapes)
-  keys = jax.random.split(key, len(leaves))
-  return treedef.unflatten([PARAM_SCALE * jax.random.normal(k, s.shape, s.dtype)
-                            for k, s in zip(keys, leaves)])
+def random_params(module, seed: int, *init_args):
+  """N(0, 0.02²) params of the shapes `module.init` would make, without compiling the init.
+
+  Drawn with NumPy: jitting hundreds of threefry draws (one per leaf) compiles for minutes on CPU.
+  """
+  shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), *init_args)['params']
+  rng = np.random.default_rng(seed)
+  draw = lambda s: jnp.asarray(
+      (PARAM_SCALE * rng.standard_normal(s.shape, dtype=np.float32)).astype(s.dtype))
+  return jax.tree.map(draw, shapes)
 
 
-def build_models(settings: Settings, key) -> Dict[str, Tuple]:
-  """{'VAE': (module, params), 'VAR': ..., 'VIAR': ...} with random params."""
+def build_models(settings: Settings, names: Sequence[str] = ('VAR', 'VIAR')) -> Dict[str, Tuple]:
+  """{'VAE': (module, params), and (module, params) for each of `names`}, random params."""
   vae = vqvae.VQVAE(vae_config(settings))
   img = jax.ShapeDtypeStruct((1, settings.image_size, settings.image_size, 3), jnp.float32)
   labels = jax.ShapeDtypeStruct((1,), jnp.int32)
   x = jax.ShapeDtypeStruct((1, sum(p * p for p in settings.patch_nums) - settings.patch_nums[0]**2,
                             settings.z_channels), jnp.float32)
-  key_vae, key_var, key_viar = jax.random.split(key, 3)
-  models = {'VAE': (vae, random_params(vae, key_vae, img))}
-  for name, implicit, k in (('VAR', False, key_var), ('VIAR', True, key_viar)):
-    model = transformer.Transformer(transformer_config(settings, implicit))
-    models[name] = (model, random_params(model, k, labels, x))
+  models = {'VAE': (vae, random_params(vae, 0, img))}
+  for seed, name in enumerate(names, 1):
+    model = transformer.Transformer(transformer_config(settings, implicit=name == 'VIAR'))
+    models[name] = (model, random_params(model, seed, labels, x))
   return models
 
 
@@ -307,9 +309,7 @@ def run_child(payload: str) -> None:
   spec = data['spec']
   spec = RowSpec(spec['model'], tuple(spec['schedule']) if spec['schedule'] else None,
                  spec['cache_mode'])
-  models = build_models(settings, jax.random.PRNGKey(0))
-  # Free the model this row does not sample from before anything is measured.
-  models = {name: models[name] for name in ('VAE', spec.model)}
+  models = build_models(settings, names=(spec.model,))  # only this row's params on the device
   print(ROW_PREFIX + json.dumps(measure_row(settings, spec, models)), flush=True)
 
 
@@ -453,7 +453,7 @@ def run(args: argparse.Namespace) -> List[Dict]:
   header = describe(settings)
   print(header, flush=True)
   specs = row_specs(settings)
-  models = None if settings.isolate else build_models(settings, jax.random.PRNGKey(0))
+  models = None if settings.isolate else build_models(settings)
   if models is not None:
     print('params: ' + ', '.join(f'{n} {param_bytes(p) / MIB:.1f} MiB' for n, (_, p) in models.items()),
           flush=True)
