@@ -1,0 +1,86 @@
+"""Trains the multi-scale VQ-VAE tokenizer (reconstruction L1/L2 + VQ/commitment loss).
+
+    python -m launch.train_tokenizer --config configs/digits.py
+
+Uses `config.tokenizer` (architecture under `vqvae`, steps, batch_size, lr, loss weights) and
+`config.data`. Writes a viar-jax checkpoint to `<workdir>/tokenizer` (usable as
+`--config.tokenizer.ckpt`), logs codebook usage, and writes `reconstructions.png` (input rows above
+their reconstructions).
+"""
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags
+from ml_collections import config_flags
+
+from viar_jax import checkpoint, png, run_io, tokenizer_trainer, vqvae
+from viar_jax import data as data_lib
+
+FLAGS = flags.FLAGS
+
+
+def vqvae_config(c) -> vqvae.VQVAEConfig:
+  kwargs = {k: (tuple(v) if isinstance(v, (list, tuple)) else v)
+            for k, v in dict(c.tokenizer.vqvae).items()}
+  return vqvae.VQVAEConfig(**kwargs)
+
+
+def train_or_load(c, out_dir):
+  """Loads `<out_dir>` if it holds a finished tokenizer, else trains one there."""
+  out_dir = pathlib.Path(out_dir)
+  if (out_dir / 'config.json').exists():
+    print(f'using the tokenizer in {out_dir}', flush=True)
+    return checkpoint.load(out_dir)
+  return train(c, out_dir)
+
+
+def train(c, out_dir):
+  cfg = vqvae_config(c)
+  t = c.tokenizer
+  vae = vqvae.VQVAE(cfg)
+  optimizer = optax.chain(
+      optax.clip_by_global_norm(1.0),
+      optax.adamw(optax.warmup_cosine_decay_schedule(0.0, t.lr, max(1, t.steps // 20), t.steps,
+                                                     t.lr * 0.05), b1=0.9, b2=0.95,
+                  weight_decay=0.0))
+  state = jax.jit(lambda k: tokenizer_trainer.create_state(vae, optimizer, k))(
+      jax.random.PRNGKey(c.seed))
+  step_fn = jax.jit(lambda s, x: tokenizer_trainer.train_step(
+      s, x, vae=vae, optimizer=optimizer, l1_weight=t.l1_weight, l2_weight=t.l2_weight),
+                    donate_argnums=(0,))
+  source = data_lib.open_source(c.data.name, 'train', c.data.data_dir)
+  it = iter(data_lib.make_loader(source, image_size=cfg.image_size, global_batch_size=t.batch_size,
+                                 seed=c.seed + 1, train=True, hflip=c.data.hflip,
+                                 process_index=jax.process_index(),
+                                 process_count=jax.process_count()))
+  log = run_io.MetricLog(out_dir, t.steps, t.batch_size, name='tokenizer')
+  t0 = time.perf_counter()
+  for step in range(t.steps):
+    batch = next(it)
+    state, metrics = step_fn(state, jnp.asarray(batch['image']))
+    if (step + 1) % max(1, t.steps // 10) == 0 or step + 1 == t.steps:
+      run_io.check_finite(step + 1, metrics)
+      log.write(step + 1, metrics)
+  params = jax.device_get(state.params)
+  checkpoint.save(out_dir, params, cfg)
+  images = jnp.asarray(next(it)['image'][:8])
+  rec = vae.apply({'params': params}, images, method=vqvae.VQVAE.reconstruct)
+  grid = png.grid(png.to_uint8(np.concatenate([np.asarray(images), np.asarray(rec)])), cols=8)
+  png.write_png(out_dir / 'reconstructions.png', grid)
+  print(f'tokenizer trained in {time.perf_counter() - t0:.0f}s -> {out_dir}', flush=True)
+  return cfg, params
+
+
+def main(argv):
+  del argv
+  c = FLAGS.config
+  train(c, pathlib.Path(c.workdir) / 'tokenizer')
+
+
+if __name__ == '__main__':
+  config_flags.DEFINE_config_file('config', 'configs/digits.py', 'training config file')
+  app.run(main)

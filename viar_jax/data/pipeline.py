@@ -1,0 +1,204 @@
+"""Grain training / eval input pipeline for any random-access source.
+
+  source[k] -> decode + reference transform -> drop unreadable (counted) -> batch B_local
+  -> {'image': (B_local, R, R, 3) float32 in [-1, 1], 'label': (B_local,) int32}
+
+Record order, sharding and per-record randomness come from `grain.python.IndexSampler`: each
+process reads the contiguous shard `process_index` of `process_count` (remainder dropped so every
+process sees as many records), shuffled per epoch, and record number i of the global stream gets
+its own `np.random.Generator(Philox(grain_seed(seed) + i))`. So the batches depend only on
+(seed, process_index, process_count, batch size), and the iterator state (`loader_state`) is
+the position in that stream: restoring it replays the following batches exactly.
+"""
+import dataclasses
+import threading
+from typing import Any
+
+from absl import flags
+from absl import logging
+import grain.python as grain
+import numpy as np
+
+from viar_jax.data import transforms
+from viar_jax.data.skips import SkipStats, Unreadable, is_skipped
+# Also part of this module's interface (the augmentation the loader applies).
+from viar_jax.data.transforms import reference_eval_transform, reference_train_transform
+
+
+_warned_records: set[str] = set()  # Undecodable records already warned about, in this process.
+_warned_lock = threading.Lock()
+
+
+def _decode_or_mark(record) -> Any:
+  """Source record -> its uint8 image, or an `Unreadable` marker when decoding bytes fails."""
+  try:
+    return transforms.as_uint8_hwc(record['image'])
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    # Only encoded bytes can fail here on bad data; a wrong dtype / shape is a bug: re-raise.
+    if not isinstance(record['image'], (bytes, np.bytes_)):
+      raise
+    what, error = f"record {record.get('index', '?')}", f'{type(e).__name__}: {e}'
+    with _warned_lock:
+      first = what not in _warned_records
+      _warned_records.add(what)
+    if first:
+      logging.warning('Skipping undecodable %s (%s)', what, error)
+    return Unreadable(what, error)
+
+
+@dataclasses.dataclass(frozen=True)
+class _TrainTransform(grain.RandomMapTransform):
+  """Record -> {'image': (R, R, 3) float32, 'label': int32}, random crop (+ flip); passes skips."""
+  image_size: int
+  hflip: bool = False
+  resize_mode: str = 'lanczos'
+
+  def random_map(self, element, rng: np.random.Generator):
+    if is_skipped(element):
+      return element
+    image = _decode_or_mark(element)
+    if is_skipped(image):
+      return image
+    return {'image': reference_train_transform(image, self.image_size, rng, self.hflip,
+                                               self.resize_mode),
+            'label': np.int32(element['label'])}
+
+
+@dataclasses.dataclass(frozen=True)
+class _EvalTransform(grain.MapTransform):
+  """Record -> {'image': (R, R, 3) float32, 'label': int32}, centre crop; passes skips."""
+  image_size: int
+  resize_mode: str = 'lanczos'
+
+  def map(self, element):
+    if is_skipped(element):
+      return element
+    image = _decode_or_mark(element)
+    if is_skipped(image):
+      return image
+    return {'image': reference_eval_transform(image, self.image_size, self.resize_mode),
+            'label': np.int32(element['label'])}
+
+
+@dataclasses.dataclass(frozen=True)
+class _DropSkipped(grain.FilterTransform):
+  """Drops `None` / `Unreadable` records and counts them in `stats`."""
+  stats: SkipStats
+
+  def filter(self, element) -> bool:
+    if is_skipped(element):
+      self.stats.add(element)
+      return False
+    return True
+
+
+def grain_seed(seed: int) -> int:
+  """User seed -> the 32-bit seed given to grain's sampler.
+
+  Grain shuffles epoch e with seed + e and augments record i with Philox(seed + i), so seeds s and
+  s + 1 would replay each other's streams shifted by one; hashing the seed first decorrelates them.
+  """
+  if not isinstance(seed, (int, np.integer)) or seed < 0:
+    raise ValueError(f'seed must be a non-negative int, got {seed!r}')
+  return int(np.random.SeedSequence(int(seed)).generate_state(1, np.uint32)[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class Loader:
+  """What `make_loader` returns: iterate it for batches; `skip_stats` counts dropped records.
+
+  Attributes:
+    data_loader: the `grain.python.DataLoader`.
+    skip_stats: records dropped as unreadable so far (see `SkipStats`).
+    local_batch_size: B_local = global_batch_size // process_count.
+    num_records: records in this process's shard (one epoch).
+  """
+  data_loader: grain.DataLoader
+  skip_stats: SkipStats
+  local_batch_size: int
+  num_records: int
+
+  def __iter__(self) -> grain.PyGrainDatasetIterator:
+    """A fresh iterator from the start; it has `get_state()` / `set_state()`."""
+    return iter(self.data_loader)
+
+
+def make_loader(source, *, image_size: int, global_batch_size: int, seed: int, train: bool,
+                hflip: bool = False, process_index: int = 0, process_count: int = 1,
+                num_epochs: int | None = None, worker_count: int = 0,
+                resize_mode: str = 'lanczos', read_options: grain.ReadOptions | None = None,
+                skip_stats: SkipStats | None = None) -> Loader:
+  """Batches of reference-augmented images from a random-access `source`.
+
+  Args:
+    source: `len()` and `[i]` -> {'image': (H, W[, C]) uint8 or encoded bytes, 'label': int}, or
+      None / `Unreadable` for a record that failed to load (dropped and counted).
+    image_size: R.
+    global_batch_size: batch over all processes; must be divisible by `process_count`.
+    seed: shuffle + augmentation seed, a non-negative int.
+    train: True: shuffled, random crop (+ `hflip`), infinite by default, partial last batch
+      dropped. False: source order, centre crop, one epoch by default, partial last batch kept.
+    hflip: random horizontal flips (train only).
+    process_index, process_count: this process's shard of the data (e.g. jax.process_index()).
+    num_epochs: passes over the data; None -> infinite for train, 1 for eval.
+    worker_count: grain worker processes (0: in this process; >0 needs a `__main__` guard in the
+      launching script; unparsed absl flags are marked parsed, i.e. left at their defaults).
+    resize_mode: 'lanczos' (reference) or 'nearest'.
+    read_options: grain read threads / prefetch buffer (grain's default: 16 threads, 500 records).
+    skip_stats: counter to use (e.g. shared between loaders); default a new one, shared across
+      processes (`SkipStats(shared=True)`) when worker_count > 0.
+
+  Returns:
+    A `Loader`; iterating yields {'image': (B_local, R, R, 3) float32 in [-1, 1],
+    'label': (B_local,) int32} with B_local = global_batch_size // process_count.
+  """
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f'need 0 <= process_index < process_count, got {process_index}, {process_count}')
+  if global_batch_size < 1 or global_batch_size % process_count:
+    raise ValueError(f'global_batch_size={global_batch_size} must be a positive multiple of '
+                     f'process_count={process_count}')
+  if image_size < 1:
+    raise ValueError(f'image_size must be positive, got {image_size}')
+  if resize_mode not in ('lanczos', 'nearest'):
+    raise ValueError(f"resize_mode must be 'lanczos' or 'nearest', got {resize_mode!r}")
+  num_records = len(source)
+  if num_records < process_count:
+    raise ValueError(f'source {source!r} has {num_records} records, fewer than the '
+                     f'{process_count} processes')
+  local_batch_size = global_batch_size // process_count
+  if num_epochs is None and not train:
+    num_epochs = 1
+  shard = grain.ShardOptions(shard_index=process_index, shard_count=process_count,
+                             drop_remainder=True)
+  sampler = grain.IndexSampler(num_records, shard_options=shard, shuffle=train,
+                               num_epochs=num_epochs, seed=grain_seed(seed))
+  transform = (_TrainTransform(image_size, hflip, resize_mode) if train
+               else _EvalTransform(image_size, resize_mode))
+  if skip_stats is None:
+    skip_stats = SkipStats(shared=worker_count > 0)
+  elif worker_count > 0 and not skip_stats.shared:
+    raise ValueError('worker_count > 0 needs SkipStats(shared=True): workers get pickled copies')
+  if worker_count > 0 and not flags.FLAGS.is_parsed():
+    # Grain's workers read absl flags; a script without absl.app.run gets their defaults.
+    logging.info('make_loader: absl flags not parsed; using defaults for grain workers')
+    flags.FLAGS.mark_as_parsed()
+  data_loader = grain.DataLoader(
+      data_source=source, sampler=sampler, shard_options=shard, worker_count=worker_count,
+      read_options=read_options,
+      operations=[transform, _DropSkipped(skip_stats),
+                  grain.Batch(batch_size=local_batch_size, drop_remainder=train)])
+  return Loader(data_loader, skip_stats, local_batch_size, num_records // process_count)
+
+
+def loader_state(iterator: grain.PyGrainDatasetIterator) -> bytes:
+  """The iterator's position (JSON bytes); store it with the training checkpoint."""
+  return iterator.get_state()
+
+
+def restore_loader(iterator: grain.PyGrainDatasetIterator, state: bytes):
+  """Moves `iterator` (from an identically built loader) to `state`; returns it for chaining.
+
+  Grain checks that the sampler and repr(source) match the ones that produced `state`.
+  """
+  iterator.set_state(state)
+  return iterator

@@ -1,0 +1,109 @@
+"""The VAR / VIAR training step: pure functions over an explicit `TrainState`.
+
+    state = create_train_state(model, optimizer, key, batch_size)
+    state, metrics = train_step(state, images_BHWC, labels_B, model=..., vae=..., vae_params=...,
+                                optimizer=..., label_smoothing=0.0)
+
+The frozen VQ-VAE tokenizes the images inside the step (fp32): ground-truth tokens (B, L) and the
+teacher-forcing input (B, L - 1, Cvae). The loss is the mean token cross-entropy (the reference's
+uniform 1/L weights). Randomness (cond-drop, drop-path, VIAR's K and m) comes from the state's key
+folded with the step, so a step is a pure function of (state, batch).
+"""
+from typing import Any, Dict, Tuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from viar_jax import transformer, vqvae
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 ()
+  params: Any
+  opt_state: Any
+  rng: jax.Array  # PRNG key data (uint32), folded with the step every step
+
+
+def create_train_state(model: transformer.Transformer, optimizer: optax.GradientTransformation,
+                       key: jax.Array, params=None) -> TrainState:
+  """Fresh state; `params` (e.g. converted weights) replaces the random init when given."""
+  c = model.config
+  init_key, rng = jax.random.split(key)
+  if params is None:
+    x = jnp.zeros((1, c.seq_len - c.patch_nums[0]**2, c.z_channels))
+    params = model.init(init_key, jnp.zeros((1,), jnp.int32), x)['params']
+  return TrainState(step=jnp.int32(0), params=params, opt_state=optimizer.init(params),
+                    rng=jax.random.key_data(rng))
+
+
+def tokenize(vae: vqvae.VQVAE, vae_params, images_BHWC):
+  """-> (gt tokens (B, L) int32, teacher-forcing input (B, L - 1, Cvae)), no gradient."""
+  variables = {'params': jax.lax.stop_gradient(vae_params)}
+  idx = vae.apply(variables, images_BHWC, method=vqvae.VQVAE.img_to_idx)
+  x_BLCv = vae.apply(variables, idx, method=vqvae.VQVAE.idx_to_var_input)
+  return jnp.concatenate(idx, axis=1), jax.lax.stop_gradient(x_BLCv)
+
+
+def token_metrics(logits_BLV, gt_BL, last_scale_len: int, label_smoothing: float = 0.0):
+  """Loss (label-smoothed mean CE, the objective) and plain CE / accuracy overall and on the last scale."""
+  logp = jax.nn.log_softmax(logits_BLV.astype(jnp.float32), axis=-1)
+  nll_BL = -jnp.take_along_axis(logp, gt_BL[..., None], axis=-1)[..., 0]
+  loss_BL = (1 - label_smoothing) * nll_BL - label_smoothing * jnp.mean(logp, axis=-1)
+  correct_BL = (jnp.argmax(logits_BLV, -1) == gt_BL).astype(jnp.float32)
+  return {'loss': jnp.mean(loss_BL), 'ce': jnp.mean(nll_BL), 'acc': jnp.mean(correct_BL),
+          'ce_last': jnp.mean(nll_BL[:, -last_scale_len:]),
+          'acc_last': jnp.mean(correct_BL[:, -last_scale_len:])}
+
+
+def train_step(state: TrainState, images_BHWC, labels_B, *, model: transformer.Transformer,
+               vae: vqvae.VQVAE, vae_params, optimizer: optax.GradientTransformation,
+               label_smoothing: float = 0.0) -> Tuple[TrainState, Dict[str, jax.Array]]:
+  """One optimisation step; returns the new state and scalar metrics (loss, acc, grad_norm, ...)."""
+  c = model.config
+  gt_BL, x_BLCv = tokenize(vae, vae_params, images_BHWC)
+  key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  dropout_key, jfb_key = jax.random.split(key)
+
+  def loss_fn(params):
+    logits = model.apply({'params': params}, labels_B, x_BLCv, deterministic=False,
+                         rngs={'dropout': dropout_key, 'jfb': jfb_key})
+    metrics = token_metrics(logits, gt_BL, c.patch_nums[-1]**2, label_smoothing)
+    return metrics['loss'], metrics
+
+  grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics['grad_norm'] = optax.global_norm(grads)
+  metrics['param_norm'] = optax.global_norm(params)
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params, images_BHWC, labels_B, *, model: transformer.Transformer, vae: vqvae.VQVAE,
+              vae_params) -> Dict[str, jax.Array]:
+  """Deterministic teacher-forced metrics (no cond-drop; VIAR at eval_iters)."""
+  gt_BL, x_BLCv = tokenize(vae, vae_params, images_BHWC)
+  logits = model.apply({'params': params}, labels_B, x_BLCv)
+  return token_metrics(logits, gt_BL, model.config.patch_nums[-1]**2)
+
+
+
+def sharded_train_step(model, vae, vae_params, optimizer, mesh, *, replicate=(),
+                       label_smoothing: float = 0.0):
+  """`train_step` jitted for a mesh: state sharded by `sharding.tree_specs`, batch over (data, fsdp),
+  the state donated. Returns (step_fn(state, images, labels), create_fn(key), state_sharding,
+  batch_sharding)."""
+  from viar_jax import sharding  # pylint: disable=import-outside-toplevel
+  create = lambda key: create_train_state(model, optimizer, key)
+  shapes = jax.eval_shape(create, jax.random.PRNGKey(0))
+  state_sharding = sharding.named_shardings(
+      sharding.tree_specs(shapes, mesh, replicate=replicate), mesh)
+  batch_sharding = sharding.batch_sharding(mesh)
+  step = jax.jit(
+      lambda s, x, y: train_step(s, x, y, model=model, vae=vae, vae_params=vae_params,
+                                 optimizer=optimizer, label_smoothing=label_smoothing),
+      in_shardings=(state_sharding, batch_sharding, batch_sharding),
+      out_shardings=(state_sharding, None), donate_argnums=(0,))
+  return step, jax.jit(create, out_shardings=state_sharding), state_sharding, batch_sharding
