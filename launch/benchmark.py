@@ -23,6 +23,7 @@ memory.
 import argparse
 import dataclasses
 import json
+import os
 import pathlib
 import statistics
 import subprocess
@@ -250,44 +251,51 @@ def device_peak_bytes() -> Optional[int]:
 # --- one row --------------------------------------------------------------------------------------
 
 
+def compile_sampler(sample, args) -> Tuple[object, float, Dict[str, int]]:
+  """-> (executable, compile seconds, XLA's compiled memory analysis in bytes incl. 'total')."""
+  t0 = time.perf_counter()
+  compiled = sample.lower(*args).compile()
+  seconds = time.perf_counter() - t0
+  analysis = compiled.memory_analysis()
+  memory = {'temp': int(analysis.temp_size_in_bytes),
+            'argument': int(analysis.argument_size_in_bytes),
+            'output': int(analysis.output_size_in_bytes),
+            'alias': int(analysis.alias_size_in_bytes)}  # outputs reusing argument buffers
+  memory['total'] = memory['temp'] + memory['argument'] + memory['output'] - memory['alias']
+  return compiled, seconds, memory
+
+
+def time_calls(fn, args, repeats: int) -> List[float]:
+  """Wall seconds of `repeats` calls after one untimed warm-up, each blocked on its outputs."""
+  jax.block_until_ready(fn(*args))  # first-call allocations, thread pools
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t0)
+  return times
+
+
 def measure_row(settings: Settings, spec: RowSpec, models: Dict[str, Tuple]) -> Dict:
   """Compiles the row's sampler once, reads XLA's memory analysis, times `repeats` calls."""
   vae, vae_params = models['VAE']
   model, params = models[spec.model]
   options = sample_options(settings, spec)
-  sample = sampler.make_sampler(vae, model, options)
   args = (vae_params, params, jax.random.PRNGKey(0),
           sampler.random_labels(jax.random.PRNGKey(1), settings.batch, settings.num_classes))
-
-  t0 = time.perf_counter()
   # Timing the AOT-compiled executable avoids a second compile on the first jitted call.
-  compiled = sample.lower(*args).compile()
-  compile_s = time.perf_counter() - t0
-  analysis = compiled.memory_analysis()
-  compiled_bytes = {'temp': int(analysis.temp_size_in_bytes),
-                    'argument': int(analysis.argument_size_in_bytes),
-                    'output': int(analysis.output_size_in_bytes),
-                    'alias': int(analysis.alias_size_in_bytes)}
-  compiled_total = (compiled_bytes['temp'] + compiled_bytes['argument'] + compiled_bytes['output']
-                    - compiled_bytes['alias'])
-
-  jax.block_until_ready(compiled(*args))  # warm-up: first-call allocations, thread pools
-  times = []
-  for _ in range(settings.repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    times.append(time.perf_counter() - t0)
+  compiled, compile_s, memory = compile_sampler(sampler.make_sampler(vae, model, options), args)
+  times = time_calls(compiled, args, settings.repeats)
   seconds = statistics.median(times)
-
-  kv = kv_cache_bytes(model.config, settings.batch, options.iters, spec.cache_mode)
   return {'model': spec.model, 'label': spec.label,
           'schedule': None if spec.schedule is None else list(spec.schedule),
           'iters': None if options.iters is None else list(options.iters),
           'cache_mode': spec.cache_mode, 'compile_s': compile_s, 'times_s': times,
           'seconds': seconds, 'images_per_s': settings.batch / seconds,
-          'compiled_memory': compiled_bytes, 'compiled_total_bytes': compiled_total,
+          'compiled_memory': memory, 'compiled_total_bytes': memory['total'],
           'device_peak_bytes': device_peak_bytes() if settings.isolate else None,
-          'param_bytes': param_bytes(params), 'kv_cache': kv}
+          'param_bytes': param_bytes(params),
+          'kv_cache': kv_cache_bytes(model.config, settings.batch, options.iters, spec.cache_mode)}
 
 
 def run_isolated(settings: Settings, spec: RowSpec) -> Dict:
@@ -306,9 +314,8 @@ def run_child(payload: str) -> None:
   """The --isolate child: builds only what its row needs and prints the row as one JSON line."""
   data = json.loads(payload)
   settings = settings_from_json(data['settings'])
-  spec = data['spec']
-  spec = RowSpec(spec['model'], tuple(spec['schedule']) if spec['schedule'] else None,
-                 spec['cache_mode'])
+  schedule = data['spec']['schedule']
+  spec = RowSpec(**dict(data['spec'], schedule=tuple(schedule) if schedule else None))
   models = build_models(settings, names=(spec.model,))  # only this row's params on the device
   print(ROW_PREFIX + json.dumps(measure_row(settings, spec, models)), flush=True)
 
@@ -477,6 +484,9 @@ def run(args: argparse.Namespace) -> List[Dict]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+  # An --isolate parent must not reserve most of the accelerator's memory for itself (JAX's default),
+  # or its children would run short; the measures used here do not depend on preallocation.
+  os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
   args = parse_args(argv)
   if args.row is not None:
     run_child(args.row)

@@ -66,12 +66,14 @@ def sample_grid(vae, vae_params, model, params, c, step, workdir):
                                                    jax.random.PRNGKey(c.seed), labels)
   images = png.to_uint8(np.asarray(out.images), (0.0, 1.0))
   path = png.write_png(pathlib.Path(workdir) / f'samples_{step:06d}.png',
-                       png.grid(images, cols=c.sample.per_class))
+                       png.grid(images, cols=c.sample.per_class, zoom=max(1, 64 // images.shape[1])))
   print(f'wrote {path} (one row per class)', flush=True)
   return path
 
 
-def train(c, workdir: str):
+def train(c, workdir: str, stop_after: int = None):
+  """Runs (or resumes) the config's training in `workdir`; `stop_after` steps ends early with a
+  checkpoint, like a preemption. Returns (final state, last metrics)."""
   workdir = pathlib.Path(workdir)
   process_count, process_index = jax.process_count(), jax.process_index()
   data_axis, fsdp_axis = check_run_config(c, jax.device_count(), process_count)
@@ -139,6 +141,8 @@ def train(c, workdir: str):
                                                     np.asarray(batch['label'], np.int32))
     state, metrics = compiled(state, images, labels)
     done = step + 1
+    if stop_after is not None and done - start >= stop_after:
+      stop['now'] = True
     if done % c.log_every == 0 or done == c.optim.steps:
       run_io.check_finite(done, metrics)
       log.write(done, metrics)
@@ -149,7 +153,7 @@ def train(c, workdir: str):
         process_index == 0:
       sample_grid(vae, vae_params, model, state.params, c, done, workdir)
     if stop['now']:
-      print(f'SIGTERM: saved step {done}, exiting', flush=True)
+      print(f'stopping early: saved step {done}', flush=True)
       break
   ckpt.close()
   print(f'done in {time.perf_counter() - t_start:.0f}s; workdir {workdir}', flush=True)

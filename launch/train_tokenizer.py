@@ -69,7 +69,8 @@ def train(c, out_dir):
   checkpoint.save(out_dir, params, cfg)
   images = jnp.asarray(next(it)['image'][:8])
   rec = vae.apply({'params': params}, images, method=vqvae.VQVAE.reconstruct)
-  grid = png.grid(png.to_uint8(np.concatenate([np.asarray(images), np.asarray(rec)])), cols=8)
+  grid = png.grid(png.to_uint8(np.concatenate([np.asarray(images), np.asarray(rec)])), cols=8,
+                  zoom=max(1, 64 // cfg.image_size))
   png.write_png(out_dir / 'reconstructions.png', grid)
   print(f'tokenizer trained in {time.perf_counter() - t0:.0f}s -> {out_dir}', flush=True)
   return cfg, params

@@ -13,8 +13,10 @@ def to_uint8(img, value_range=(-1.0, 1.0)) -> np.ndarray:
   return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
 
 
-def grid(images_NHWC: np.ndarray, cols: int, pad: int = 2) -> np.ndarray:
-  """(N, H, W, 3) uint8 -> one (rows·(H+pad)+pad, cols·(W+pad)+pad, 3) uint8 mosaic, row-major."""
+def grid(images_NHWC: np.ndarray, cols: int, pad: int = 2, zoom: int = 1) -> np.ndarray:
+  """(N, H, W, 3) uint8 -> one mosaic, row-major, each image enlarged `zoom` x (nearest)."""
+  if zoom > 1:
+    images_NHWC = np.repeat(np.repeat(images_NHWC, zoom, axis=1), zoom, axis=2)
   n, h, w, c = images_NHWC.shape
   rows = -(-n // cols)
   out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, np.uint8)

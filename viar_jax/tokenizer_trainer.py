@@ -37,6 +37,6 @@ def train_step(state: TrainState, images_BHWC, *, vae: vqvae.VQVAE,
 
   grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  metrics['grad_norm'] = optax.global_norm(grads)
+  metrics['grad_norm'] = optax.tree.norm(grads)
   return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                        opt_state=opt_state), metrics

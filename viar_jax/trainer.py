@@ -76,8 +76,8 @@ def train_step(state: TrainState, images_BHWC, labels_B, *, model: transformer.T
   grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics['grad_norm'] = optax.global_norm(grads)
-  metrics['param_norm'] = optax.global_norm(params)
+  metrics['grad_norm'] = optax.tree.norm(grads)
+  metrics['param_norm'] = optax.tree.norm(params)
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 

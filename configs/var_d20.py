@@ -1,0 +1,13 @@
+"""VAR-d20 (600M): bs 768, 250 epochs, alng 1e-3, wpe 0.1.
+
+    python -m launch.train --config configs/var_d20.py --config.data.data_dir=<tfds data dir>
+
+Needs ImageNet as a TFDS array_record dataset and the converted tokenizer in ckpt/vae (see
+configs/imagenet.py). Expect the reference's numbers only at full scale (multi-host TPU/GPU).
+"""
+from configs import imagenet
+
+
+def get_config(arg=None):
+  del arg
+  return imagenet.imagenet_config(depth=20, batch_size=768, epochs=250, tblr=1e-4, aln_gamma_init=1e-3, wpe=0.1)

@@ -1,0 +1,98 @@
+"""launch/train.py end to end on a tiny digits config: resume equals a straight run; config errors."""
+import json
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import digits
+from launch import train as train_cli
+from launch import train_tokenizer
+from viar_jax import checkpoint, released, run_io, transformer, vqvae
+
+
+def tiny_config(workdir, tokenizer_ckpt=''):
+  c = digits.get_config()
+  c.workdir = str(workdir)
+  c.tokenizer.ckpt = str(tokenizer_ckpt)
+  c.tokenizer.steps = 4
+  c.tokenizer.batch_size = 16
+  c.model.embed_dim, c.model.num_heads = 64, 1
+  c.optim.batch_size = 16
+  c.optim.steps = 6
+  c.mesh.data = 8  # all 8 simulated devices: the batch is sharded 2 per device
+  c.log_every = 1
+  c.ckpt_every = 100
+  c.sample_every = 0
+  return c
+
+
+@pytest.fixture(scope='module')
+def tokenizer_dir(tmp_path_factory):
+  out = tmp_path_factory.mktemp('tok') / 'tokenizer'
+  train_tokenizer.train(tiny_config(out.parent), out)
+  assert (out / 'reconstructions.png').exists()
+  return out
+
+
+def losses(workdir):
+  lines = (workdir / 'train_metrics.jsonl').read_text().splitlines()
+  return [(r['step'], r['loss']) for r in map(json.loads, lines)]
+
+
+def test_resume_equals_straight_run(tokenizer_dir, tmp_path):
+  straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
+  state_a, _ = train_cli.train(tiny_config(straight, tokenizer_dir), straight)
+  train_cli.train(tiny_config(resumed, tokenizer_dir), resumed, stop_after=3)
+  assert run_io.RunCheckpointer(resumed).latest_step() == 3
+  state_b, _ = train_cli.train(tiny_config(resumed, tokenizer_dir), resumed)
+  np.testing.assert_allclose([l for _, l in losses(resumed)], [l for _, l in losses(straight)],
+                             rtol=1e-6)
+  assert [s for s, _ in losses(resumed)] == [1, 2, 3, 4, 5, 6]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+               jax.device_get(state_a.params), jax.device_get(state_b.params))
+  assert int(state_b.step) == 6
+
+
+@pytest.mark.parametrize('change,error,match', [
+    (lambda c: c.mesh.update(data=3), ValueError, 'does not cover the 8 devices'),
+    (lambda c: c.optim.update(batch_size=12), ValueError, 'not divisible by the mesh size'),
+    (lambda c: c.tokenizer.update(ckpt='/nonexistent/tok'), FileNotFoundError, 'tokenizer checkpoint'),
+    (lambda c: c.data.update(name='no_such_dataset'), (ValueError, FileNotFoundError), 'no_such_dataset'),
+])
+def test_bad_run_configs_fail_before_compute(tmp_path, change, error, match):
+  c = tiny_config(tmp_path)
+  change(c)
+  with pytest.raises(error, match=match):
+    train_cli.train(c, tmp_path)
+  assert not (tmp_path / 'tokenizer').exists()  # nothing was trained
+
+
+def test_model_patch_nums_must_match_the_tokenizer():
+  c = digits.get_config()
+  c.model.patch_nums = (1, 2, 4)
+  with pytest.raises(ValueError, match='inconsistent with the tokenizer'):
+    train_cli.model_config(c, train_tokenizer.vqvae_config(c))
+
+
+@pytest.mark.parametrize('name', ['digits', 'var_d16', 'var_d20', 'var_d24', 'var_d30', 'viar_d16',
+                                  'viar_d30'])
+def test_every_shipped_config_builds(name):
+  module = __import__(f'configs.{name}', fromlist=['get_config'])
+  c = module.get_config()
+  assert module.__doc__ and 'python -m launch.train --config configs/' in module.__doc__
+  vae_cfg = train_tokenizer.vqvae_config(c) if name == 'digits' else released.tokenizer_config()
+  cfg = train_cli.model_config(c, vae_cfg)
+  params = checkpoint.abstract_params(cfg)
+  count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  expected = {'var_d16': 310_283_520, 'var_d30': 2_010_020_356, 'viar_d30': 770_884_426}
+  if name in expected:
+    assert count == expected[name]
+  assert c.optim.batch_size % 8 == 0
+
+
+def test_non_finite_loss_stops_the_run():
+  run_io.check_finite(3, {'loss': np.float32(1.5)})
+  with pytest.raises(FloatingPointError, match='loss is nan at step 7'):
+    run_io.check_finite(7, {'loss': np.float32('nan')})
