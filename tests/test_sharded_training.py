@@ -1,36 +1,45 @@
-"""The same training steps on 1 device and on a data=4 x fsdp=2 mesh of 8 CPU devices agree."""
+"""The same training steps on 1 device, on a data=4 x fsdp=2 mesh of 8 CPU devices, and in two
+processes on localhost (CPU collectives) agree."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
 import jax
-import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from viar_jax import optim, sharding, trainer, transformer, vqvae
+import sharded_setup
+from viar_jax import sharding
 
 
-def test_one_device_and_eight_devices_give_the_same_losses():
+@pytest.fixture(scope='module')
+def single_device():
+  return sharded_setup.run_steps(1, 1, devices=jax.devices()[:1])
+
+
+def test_one_device_and_eight_devices_give_the_same_losses(single_device):
   assert jax.device_count() == 8, 'tests/conftest.py sets 8 simulated CPU devices'
-  vae_cfg = vqvae.VQVAEConfig(vocab_size=32, z_channels=4, ch=32, ch_mult=(1, 2), num_res_blocks=1,
-                              image_size=8, patch_nums=(1, 2, 4))
-  vae = vqvae.VQVAE(vae_cfg)
-  vae_params = jax.jit(vae.init)(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))['params']
-  model = transformer.Transformer(transformer.TransformerConfig(
-      depth=4, embed_dim=128, num_heads=2, num_classes=4, patch_nums=vae_cfg.patch_nums,
-      vocab_size=32, z_channels=4, implicit=True, pre_depth=1, post_depth=1,
-      no_grad_iters_range=(0, 3), with_grad_iters_range=(1, 2), drop_path_rate=0.1))
-  optimizer = optim.make_optimizer(peak_lr=1e-3, total_steps=10, warmup_steps=1)
-  images = jax.random.uniform(jax.random.PRNGKey(1), (3, 8, 8, 8, 3), minval=-1, maxval=1)
-  labels = jax.random.randint(jax.random.PRNGKey(2), (3, 8), 0, 5)  # includes the null class 4
+  losses_1, params_1 = single_device
+  losses_8, params_8 = sharded_setup.run_steps(4, 2, replicate=sharding.IMPLICIT_MODULES)
+  np.testing.assert_allclose(losses_8, losses_1, atol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), params_8, params_1)
 
-  def run(mesh, replicate):
-    step, create, _, batch_sharding = trainer.sharded_train_step(model, vae, vae_params, optimizer,
-                                                                 mesh, replicate=replicate)
-    state, losses = create(jax.random.PRNGKey(3)), []
-    for i in range(3):
-      x, y = (jax.device_put(a[i], batch_sharding) for a in (images, labels))
-      state, metrics = step(state, x, y)
-      losses.append(float(metrics['loss']))
-    return losses, jax.device_get(state.params)
 
-  single, p1 = run(sharding.make_mesh(1, 1, devices=jax.devices()[:1]), ())
-  multi, p8 = run(sharding.make_mesh(4, 2), sharding.IMPLICIT_MODULES)
-  np.testing.assert_allclose(multi, single, atol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), p8, p1)
+def test_two_processes_on_localhost_agree(single_device, tmp_path):
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  worker = os.path.join(os.path.dirname(__file__), 'multiprocess_worker.py')
+  out = tmp_path / 'losses.json'
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  procs = [subprocess.Popen([sys.executable, worker, str(i), str(port), str(out)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
+  try:
+    logs = [p.communicate(timeout=400)[0].decode(errors='replace') for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  assert all(p.returncode == 0 for p in procs), '\n'.join(l[-3000:] for l in logs)
+  np.testing.assert_allclose(json.loads(out.read_text()), single_device[0], atol=1e-5)
