@@ -139,3 +139,29 @@ def test_editing_keeps_the_source_where_asked(viar):
   assert np.all(np.asarray(masks[-1][0, :, 0]).reshape(n, n) == (np.arange(n) < n // 2)[None])
   with pytest.raises(ValueError, match='keep mask must be'):
     fn(vae_params, params, jax.random.PRNGKey(0), labels, (source, jnp.ones((2, 3, 3))))
+
+
+def _reference_filter(logits, top_k, top_p):
+  """numpy port of the reference `sample_with_top_k_top_p_` filtering (two full sorts)."""
+  logits = logits.copy()
+  if 0 < top_k < logits.shape[-1]:
+    logits[logits < np.sort(logits, -1)[..., -top_k][..., None]] = -np.inf
+  if top_p > 0:
+    order = np.argsort(logits, -1, kind='stable')
+    sorted_logits = np.take_along_axis(logits, order, -1)
+    e = np.exp(sorted_logits - sorted_logits.max(-1, keepdims=True))
+    remove = np.cumsum(e / e.sum(-1, keepdims=True), -1) <= 1 - top_p
+    remove[..., -1] = False
+    mask = np.zeros_like(remove)
+    np.put_along_axis(mask, order, remove, -1)
+    logits[mask] = -np.inf
+  return logits
+
+
+def test_filtering_matches_a_port_of_the_reference():
+  rng = np.random.default_rng(0)
+  for _ in range(100):
+    logits = (rng.normal(size=(2, 5, 64)) * rng.uniform(0.5, 4)).astype(np.float32)
+    k, p = int(rng.choice([0, 1, 5, 20, 64])), float(rng.choice([0, 0.3, 0.9, 0.96]))
+    got = np.isfinite(np.asarray(sampler.filter_logits(jnp.asarray(logits), k, p)))
+    np.testing.assert_array_equal(got, np.isfinite(_reference_filter(logits, k, p)))
