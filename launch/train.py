@@ -156,6 +156,7 @@ def train(c, workdir: str, stop_after: int = None):
       print(f'stopping early: saved step {done}', flush=True)
       break
   ckpt.close()
+  log.close()
   print(f'done in {time.perf_counter() - t_start:.0f}s; workdir {workdir}', flush=True)
   return state, metrics
 

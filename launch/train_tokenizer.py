@@ -65,6 +65,7 @@ def train(c, out_dir):
     if (step + 1) % max(1, t.steps // 10) == 0 or step + 1 == t.steps:
       run_io.check_finite(step + 1, metrics)
       log.write(step + 1, metrics)
+  log.close()
   params = jax.device_get(state.params)
   checkpoint.save(out_dir, params, cfg)
   images = jnp.asarray(next(it)['image'][:8])

@@ -9,7 +9,7 @@ import pytest
 from configs import digits
 from launch import train as train_cli
 from launch import train_tokenizer
-from viar_jax import checkpoint, released, run_io, transformer, vqvae
+from viar_jax import checkpoint, released, run_io, tensorboard, transformer, vqvae
 
 
 def tiny_config(workdir, tokenizer_ckpt=''):
@@ -53,6 +53,8 @@ def test_resume_equals_straight_run(tokenizer_dir, tmp_path):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
                jax.device_get(state_a.params), jax.device_get(state_b.params))
   assert int(state_b.step) == 6
+  tb = tensorboard.read_scalars(straight / 'tensorboard' / 'train')
+  assert [v for s, t, v in tb if t == 'loss'] == pytest.approx([l for _, l in losses(straight)])
 
 
 @pytest.mark.parametrize('change,error,match', [

@@ -3,8 +3,8 @@
 Checkpoints: `<workdir>/checkpoints/<step>/{state, data, meta}`: the TrainState pytree (params,
 optimizer state, step, rng), the data iterator state (JSON) and the run config (JSON). Async saves,
 keep the last N plus every `keep_period`-th step; `restore_latest` resumes a preempted run.
-Metrics: one JSON object per line in `<workdir>/metrics.jsonl` and a console line with steps/s,
-images/s and ETA.
+Metrics: one JSON object per line in `<workdir>/<name>_metrics.jsonl`, TensorBoard scalars in
+`<workdir>/tensorboard/<name>/` (no TensorFlow needed), and a console line with steps/s, images/s, ETA.
 """
 import json
 import math
@@ -15,6 +15,8 @@ from typing import Any, Dict, Optional
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from viar_jax import tensorboard
 
 
 class RunCheckpointer:
@@ -51,13 +53,14 @@ class RunCheckpointer:
 
 
 class MetricLog:
-  """JSONL metrics + a console line every call with rate and ETA."""
+  """JSONL + TensorBoard metrics and a console line every call with rate and ETA."""
 
   def __init__(self, workdir, total_steps: int, batch_size: int, name: str = 'train'):
     self.path = pathlib.Path(workdir) / f'{name}_metrics.jsonl'
     self.path.parent.mkdir(parents=True, exist_ok=True)
     self.total, self.batch, self.name = total_steps, batch_size, name
     self.t0, self.step0 = None, None
+    self.tb = tensorboard.SummaryWriter(pathlib.Path(workdir) / 'tensorboard' / name, flush_secs=30)
 
   def write(self, step: int, metrics: Dict[str, Any], console: bool = True) -> Dict[str, float]:
     now = time.perf_counter()
@@ -68,12 +71,17 @@ class MetricLog:
     values.update(step=step, steps_per_s=steps_per_s, images_per_s=steps_per_s * self.batch)
     with self.path.open('a') as f:
       f.write(json.dumps(values) + '\n')
+    self.tb.scalars({k: v for k, v in values.items() if k != 'step' and math.isfinite(v)}, step)
     if console:
       eta = (self.total - step) / steps_per_s if steps_per_s > 0 else float('nan')
       shown = ' '.join(f'{k} {v:.4g}' for k, v in metrics.items() if k in values)
       print(f'[{self.name}] step {step}/{self.total} {shown} | {steps_per_s:.2f} steps/s '
             f'{steps_per_s * self.batch:.1f} img/s ETA {_fmt(eta)}', flush=True)
     return values
+
+
+  def close(self):
+    self.tb.close()
 
 
 def _fmt(seconds: float) -> str:
