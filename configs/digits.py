@@ -32,6 +32,11 @@ def get_config(arg=None):
   c.tokenizer.lr = 2e-3
   c.tokenizer.l1_weight = 1.0
   c.tokenizer.l2_weight = 1.0
+  c.tokenizer.disc_weight = 0.0  # > 0: add a VQGAN-style patch-discriminator loss (off by default)
+  c.tokenizer.disc_start_step = 200  # discriminator and adversarial term switch on here
+  c.tokenizer.disc_ndf = 32
+  c.tokenizer.disc_layers = 1  # 8px images: side // 2^layers - 2 >= 1 allows at most 1 (2x2 logits)
+  c.tokenizer.disc_lr = 2e-4  # constant Adam(b1=0.5, b2=0.9)
 
   c.model = ml_collections.ConfigDict()
   c.model.depth = 4  # nominal depth: init rescale and drop-path indices

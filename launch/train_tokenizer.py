@@ -1,4 +1,5 @@
-"""Trains the multi-scale VQ-VAE tokenizer (reconstruction L1/L2 + VQ/commitment loss).
+"""Trains the multi-scale VQ-VAE tokenizer (reconstruction L1/L2 + VQ/commitment loss, and an optional
+VQGAN-style patch-discriminator loss when config.tokenizer.disc_weight > 0).
 
     python -m launch.train_tokenizer --config configs/digits.py
 
@@ -17,7 +18,7 @@ import optax
 from absl import app, flags
 from ml_collections import config_flags
 
-from viar_jax import checkpoint, png, run_io, tokenizer_trainer, vqvae
+from viar_jax import checkpoint, discriminator, png, run_io, tokenizer_trainer, vqvae
 from viar_jax import data as data_lib
 
 FLAGS = flags.FLAGS
@@ -47,11 +48,22 @@ def train(c, out_dir):
       optax.adamw(optax.warmup_cosine_decay_schedule(0.0, t.lr, max(1, t.steps // 20), t.steps,
                                                      t.lr * 0.05), b1=0.9, b2=0.95,
                   weight_decay=0.0))
-  state = jax.jit(lambda k: tokenizer_trainer.create_state(vae, optimizer, k))(
-      jax.random.PRNGKey(c.seed))
-  step_fn = jax.jit(lambda s, x: tokenizer_trainer.train_step(
-      s, x, vae=vae, optimizer=optimizer, l1_weight=t.l1_weight, l2_weight=t.l2_weight),
-                    donate_argnums=(0,))
+  use_gan = t.get('disc_weight', 0.0) > 0
+  if use_gan:  # VQGAN-style patch discriminator (tokenizer_trainer.gan_train_step)
+    disc = discriminator.PatchDiscriminator(ndf=t.disc_ndf, n_layers=t.disc_layers)
+    disc_optimizer = optax.adam(t.disc_lr, b1=0.5, b2=0.9)  # taming's discriminator Adam
+    state = jax.jit(lambda k: tokenizer_trainer.create_gan_state(
+        vae, disc, optimizer, disc_optimizer, k))(jax.random.PRNGKey(c.seed))
+    step_fn = jax.jit(lambda s, x: tokenizer_trainer.gan_train_step(
+        s, x, vae=vae, disc=disc, vae_optimizer=optimizer, disc_optimizer=disc_optimizer,
+        l1_weight=t.l1_weight, l2_weight=t.l2_weight, disc_weight=t.disc_weight,
+        disc_start_step=t.disc_start_step), donate_argnums=(0,))
+  else:
+    state = jax.jit(lambda k: tokenizer_trainer.create_state(vae, optimizer, k))(
+        jax.random.PRNGKey(c.seed))
+    step_fn = jax.jit(lambda s, x: tokenizer_trainer.train_step(
+        s, x, vae=vae, optimizer=optimizer, l1_weight=t.l1_weight, l2_weight=t.l2_weight),
+                      donate_argnums=(0,))
   source = data_lib.open_source(c.data.name, 'train', c.data.data_dir)
   it = iter(data_lib.make_loader(source, image_size=cfg.image_size, global_batch_size=t.batch_size,
                                  seed=c.seed + 1, train=True, hflip=c.data.hflip,
@@ -66,7 +78,7 @@ def train(c, out_dir):
       run_io.check_finite(step + 1, metrics)
       log.write(step + 1, metrics)
   log.close()
-  params = jax.device_get(state.params)
+  params = jax.device_get(state.vae.params if use_gan else state.params)
   checkpoint.save(out_dir, params, cfg)
   images = jnp.asarray(next(it)['image'][:8])
   rec = vae.apply({'params': params}, images, method=vqvae.VQVAE.reconstruct)
