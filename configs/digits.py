@@ -18,7 +18,7 @@ def get_config(arg=None):
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = 'digits'  # 'digits', a TFDS array_record name, or 'folder:<root>'
+  c.data.name = 'digits'  # 'digits', 'folder' (class subfolders in data_dir), or a TFDS name
   c.data.data_dir = ml_collections.config_dict.placeholder(str)  # default ~/.cache/viar_jax/tfds
   c.data.image_size = 8
   c.data.hflip = False  # digits are not mirror-symmetric
@@ -27,7 +27,7 @@ def get_config(arg=None):
   c.tokenizer.ckpt = ''  # a launch.convert / earlier tokenizer checkpoint; empty = train one
   c.tokenizer.vqvae = dict(vocab_size=64, z_channels=8, ch=32, ch_mult=(1, 2), num_res_blocks=1,
                            image_size=8, patch_nums=(1, 2, 3, 4))
-  c.tokenizer.steps = 400
+  c.tokenizer.steps = 300
   c.tokenizer.batch_size = 64
   c.tokenizer.lr = 2e-3
   c.tokenizer.l1_weight = 1.0
@@ -55,7 +55,7 @@ def get_config(arg=None):
 
   c.optim = ml_collections.ConfigDict()
   c.optim.batch_size = 64  # global
-  c.optim.steps = 1000
+  c.optim.steps = 800
   c.optim.tblr = 4e-3  # peak lr = tblr * batch / 256 = 1e-3
   c.optim.warmup_steps = 50
   c.optim.schedule = 'lin0'
@@ -71,10 +71,10 @@ def get_config(arg=None):
   c.mesh.replicate_implicit = True
 
   c.log_every = 50
-  c.ckpt_every = 500
+  c.ckpt_every = 400
   c.ckpt_keep = 2
   c.ckpt_keep_period = ml_collections.config_dict.placeholder(int)
-  c.sample_every = 500
+  c.sample_every = 400
   c.sample = ml_collections.ConfigDict()
   c.sample.per_class = 8
   c.sample.cfg = 1.5
