@@ -122,6 +122,11 @@ def test_methods_are_consistent_and_jittable(tiny):
   np.testing.assert_allclose(fhats[-1], call(vqvae.VQVAE.img_to_fhats, img)[-1], atol=1e-6)
   var_in = call(vqvae.VQVAE.idx_to_var_input, idx)
   assert var_in.shape == (2, 4 + 16, TINY.z_channels)
+  # The one-pass training path gives the same tokens and teacher-forcing input.
+  idx_one, var_one = call(vqvae.VQVAE.img_to_idx_and_var_input, img)
+  for a, b in zip(idx_one, idx):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_allclose(var_one, var_in, atol=1e-6)
   # The autoregressive step rebuilds the same f̂ and next-scale inputs from the codes.
   codebook = variables['params']['quantize']['embedding']['embedding']
   f_hat = jnp.zeros_like(fhats[0])

@@ -28,6 +28,7 @@ def run(request):
          'fhats': call(vqvae.VQVAE.img_to_fhats, img)}
   out['fhats_from_idx'] = call(vqvae.VQVAE.idx_to_fhats, out['idx'])
   out['var_input'] = call(vqvae.VQVAE.idx_to_var_input, out['idx'])
+  out['idx_one_pass'], out['var_input_one_pass'] = call(vqvae.VQVAE.img_to_idx_and_var_input, img)
   out['recon'] = call(vqvae.VQVAE.fhat_to_img, out['fhats'][-1])
   return data, model.config, jax.tree.map(np.asarray, out)
 
@@ -69,6 +70,9 @@ def test_fhat_per_scale_matches(run):
 def test_teacher_forcing_input_matches(run):
   data, _, out = run
   assert max_err(out['var_input'], data['out/var_input']) <= 1e-4
+  assert max_err(out['var_input_one_pass'], data['out/var_input']) <= 1e-4  # the training path
+  for k, idx in enumerate(out['idx_one_pass']):
+    np.testing.assert_array_equal(idx, data[f'out/idx_{k}'])
 
 
 def test_decoded_image_matches(run):

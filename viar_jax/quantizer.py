@@ -154,6 +154,25 @@ class MultiScaleQuantizer(nn.Module):
       out.append(f_hat if to_fhat else idx_Bl)
     return out
 
+  def f_to_idx_and_var_input(self, f_BhwC):
+    """One residual pass giving both the token maps and the teacher-forcing input (B, L - pn_0², C).
+
+    Same numbers as `idx_to_var_input(f_to_idx_or_fhat(f, False))` without re-running the codes.
+    """
+    f_rest = jax.lax.stop_gradient(f_BhwC)
+    f_hat = jnp.zeros_like(f_rest)
+    idx_list, chunks = [], []
+    for k, pn in enumerate(self.patch_nums):
+      idx_Bl = self.nearest_code(resample.resize(f_rest, pn, 'area'))
+      h = self.upsample_refine(k, self.lookup(idx_Bl, pn))
+      f_hat, f_rest = f_hat + h, f_rest - h
+      idx_list.append(idx_Bl)
+      if k + 1 < self.num_scales:
+        pn_next = self.patch_nums[k + 1]
+        nxt = resample.resize(f_hat, pn_next, 'area')
+        chunks.append(nxt.reshape(nxt.shape[0], pn_next * pn_next, -1))
+    return idx_list, jnp.concatenate(chunks, axis=1)
+
   def idx_to_fhats(self, idx_list: Sequence[jax.Array]) -> List[jax.Array]:
     """Token maps of every scale -> the running f̂ after each scale (`embed_to_fhat`)."""
     f_hat, out = 0.0, []

@@ -42,8 +42,7 @@ def create_train_state(model: transformer.Transformer, optimizer: optax.Gradient
 def tokenize(vae: vqvae.VQVAE, vae_params, images_BHWC):
   """-> (gt tokens (B, L) int32, teacher-forcing input (B, L - 1, Cvae)), no gradient."""
   variables = {'params': jax.lax.stop_gradient(vae_params)}
-  idx = vae.apply(variables, images_BHWC, method=vqvae.VQVAE.img_to_idx)
-  x_BLCv = vae.apply(variables, idx, method=vqvae.VQVAE.idx_to_var_input)
+  idx, x_BLCv = vae.apply(variables, images_BHWC, method=vqvae.VQVAE.img_to_idx_and_var_input)
   return jnp.concatenate(idx, axis=1), jax.lax.stop_gradient(x_BLCv)
 
 

@@ -144,6 +144,10 @@ class VQVAE(nn.Module):
     """Image -> token maps per scale, list of (B, pn_k²) int32."""
     return self.quantize.f_to_idx_or_fhat(self.encode(img_BHWC), to_fhat=False)
 
+  def img_to_idx_and_var_input(self, img_BHWC):
+    """Image -> (token maps per scale, teacher-forcing input (B, L - pn_0², z_channels)) in one pass."""
+    return self.quantize.f_to_idx_and_var_input(self.encode(img_BHWC))
+
   def img_to_fhats(self, img_BHWC) -> List[jax.Array]:
     """Image -> running f̂ after every scale (the last is the quantized latent)."""
     return self.quantize.f_to_idx_or_fhat(self.encode(img_BHWC), to_fhat=True)
