@@ -37,6 +37,11 @@ def get_config(arg=None):
   c.tokenizer.disc_ndf = 32
   c.tokenizer.disc_layers = 1  # 8px images: side // 2^layers - 2 >= 1 allows at most 1 (2x2 logits)
   c.tokenizer.disc_lr = 2e-4  # constant Adam(b1=0.5, b2=0.9)
+  # > 0: add perceptual_weight * mean LPIPS (VGG16) to the reconstruction loss (taming uses 1.0).
+  # Needs user-supplied weights (never downloaded) and images of >= 16 px, so not these 8px digits.
+  c.tokenizer.perceptual_weight = 0.0
+  c.tokenizer.lpips_vgg = ''  # torchvision's vgg16-397923af.pth (or an .npz/.safetensors export)
+  c.tokenizer.lpips_lin = ''  # lpips package's weights/v0.1/vgg.pth (= taming's vgg_lpips)
 
   c.model = ml_collections.ConfigDict()
   c.model.depth = 4  # nominal depth: init rescale and drop-path indices
@@ -64,6 +69,11 @@ def get_config(arg=None):
   c.optim.twde = ml_collections.config_dict.placeholder(float)
   c.optim.clip_norm = 2.0
   c.optim.label_smoothing = 0.0
+  # Progressive training (reference --pg/--pg0/--pgwp): > 0 grows the trained scales from pg0 + 1
+  # to all over the first pg of the steps (the lr schedule becomes 'lin<pg>'); one compile per stage.
+  c.optim.pg = 0.0
+  c.optim.pg0 = 1  # the reference default is 4 (of 10 scales)
+  c.optim.pg_ramp_steps = ml_collections.config_dict.placeholder(float)  # default: steps / 300
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # -1: all devices not used by fsdp

@@ -29,6 +29,7 @@ def imagenet_config(*, depth, batch_size, epochs, tblr, aln_gamma_init, wpe, twd
   c.optim.wpe = wpe
   c.optim.twd = 0.05
   c.optim.twde = twde
+  c.optim.pg0 = 4
   c.mesh.fsdp = 8
   c.log_every, c.ckpt_every, c.sample_every = 100, 5000, 10000
   c.ckpt_keep, c.ckpt_keep_period = 3, 50_000

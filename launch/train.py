@@ -8,8 +8,10 @@ Single host or multi-host (`jax.distributed.initialize()` runs when JAX_COORDINA
 both axes. A run resumes from the latest checkpoint in its workdir; SIGTERM saves and exits.
 """
 import dataclasses
+import json
 import os
 import pathlib
+import shutil
 import signal
 import time
 
@@ -17,10 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from launch import train_tokenizer
-from viar_jax import checkpoint, optim, png, run_io, sampler, sharding, trainer, transformer, vqvae
+from viar_jax import (checkpoint, optim, png, progressive, run_io, sampler, sharding, trainer,
+                      transformer, vqvae)
 from viar_jax import data as data_lib
 
 config_flags.DEFINE_config_file('config', 'configs/digits.py', 'training config file')
@@ -55,7 +59,24 @@ def check_run_config(c, num_devices: int, process_count: int):
                      f'{data * fsdp} and the process count {process_count}')
   if c.tokenizer.ckpt and not pathlib.Path(c.tokenizer.ckpt, 'config.json').exists():
     raise FileNotFoundError(f'tokenizer checkpoint {c.tokenizer.ckpt} not found (config.json missing)')
+  progressive_schedule(c, len(tokenizer_config(c).patch_nums))  # validates pg / pg0
   return data, fsdp
+
+
+def tokenizer_config(c) -> vqvae.VQVAEConfig:
+  """The tokenizer's config: from its checkpoint, or the one launch.train_tokenizer will train."""
+  if c.tokenizer.ckpt:
+    blob = json.loads(pathlib.Path(c.tokenizer.ckpt, 'config.json').read_text())
+    return checkpoint.config_from_json(blob)
+  return train_tokenizer.vqvae_config(c)
+
+
+def progressive_schedule(c, num_scales: int) -> progressive.Schedule:
+  o = c.optim
+  ramp = o.get('pg_ramp_steps')
+  return progressive.Schedule(
+      fraction=o.get('pg', 0.0), first_stage=o.get('pg0', 0), warmup_steps=o.warmup_steps,
+      ramp_steps=o.steps / 300 if ramp is None else ramp, total_steps=o.steps, num_scales=num_scales)
 
 
 def sample_grid(vae, vae_params, model, params, c, step, workdir):
@@ -69,6 +90,20 @@ def sample_grid(vae, vae_params, model, params, c, step, workdir):
                        png.grid(images, cols=c.sample.per_class, zoom=max(1, 64 // images.shape[1])))
   print(f'wrote {path} (one row per class)', flush=True)
   return path
+
+
+def export_model(directory: pathlib.Path, params, config):
+  """The final params as a plain checkpoint (launch.sample / launch.evaluate read it); replaces an
+  earlier export only once the new one is complete."""
+  params = multihost_utils.process_allgather(params)  # every process takes part
+  if jax.process_index() != 0:
+    return
+  staging = directory.with_name(directory.name + '.tmp')
+  shutil.rmtree(staging, ignore_errors=True)
+  checkpoint.save(staging, params, config)
+  shutil.rmtree(directory, ignore_errors=True)
+  staging.rename(directory)
+  print(f'exported the final model to {directory}', flush=True)
 
 
 def train(c, workdir: str, stop_after: int = None):
@@ -90,28 +125,46 @@ def train(c, workdir: str, stop_after: int = None):
   mcfg = model.config
 
   mesh = sharding.make_mesh(data_axis, fsdp_axis)
+  prog = progressive_schedule(c, len(mcfg.patch_nums))
+  lr_kind = f'lin{prog.fraction:g}' if prog.enabled else c.optim.schedule  # as the reference
   peak_lr = optim.peak_lr_from_tblr(c.optim.tblr, c.optim.batch_size)
   optimizer = optim.make_optimizer(
       peak_lr=peak_lr, total_steps=c.optim.steps, warmup_steps=c.optim.warmup_steps,
-      wpe=c.optim.wpe, schedule=c.optim.schedule, twd=c.optim.twd, twde=c.optim.twde,
+      wpe=c.optim.wpe, schedule=lr_kind, twd=c.optim.twd, twde=c.optim.twde,
       clip_norm=c.optim.clip_norm)
   replicate = sharding.IMPLICIT_MODULES if c.mesh.replicate_implicit else ()
-  step_fn, create, state_sharding, batch_sharding = trainer.sharded_train_step(
-      model, vae, vae_params, optimizer, mesh, replicate=replicate,
-      label_smoothing=c.optim.label_smoothing)
+  batch_shapes = (jax.ShapeDtypeStruct((c.optim.batch_size, vae_cfg.image_size,
+                                        vae_cfg.image_size, 3), jnp.float32),
+                  jax.ShapeDtypeStruct((c.optim.batch_size,), jnp.int32))
+  compiled_steps = {}
+
+  def compiled_step(stage):
+    """The AOT-compiled train step of a progressive stage (one stage when not progressive)."""
+    if stage not in compiled_steps:
+      step_fn = trainer.sharded_train_step(
+          model, vae, vae_params, optimizer, mesh, replicate=replicate,
+          label_smoothing=c.optim.label_smoothing, stage=stage if prog.enabled else None)[0]
+      compiled = step_fn.lower(state_shapes, *batch_shapes).compile()
+      mem = compiled.memory_analysis()
+      if mem is not None:
+        print(f'train step{f" ({stage.num_scales} scales)" if prog.enabled else ""}: temp '
+              f'{mem.temp_size_in_bytes / 2**20:.1f} MiB, arguments '
+              f'{mem.argument_size_in_bytes / 2**20:.1f} MiB per device', flush=True)
+      compiled_steps[stage] = compiled
+    return compiled_steps[stage]
+
+  _, create, state_sharding, batch_sharding = trainer.sharded_train_step(
+      model, vae, vae_params, optimizer, mesh, replicate=replicate)
   state_shapes = jax.eval_shape(create, jax.random.PRNGKey(0))
   print(f'{"VIAR" if mcfg.implicit else "VAR"}: C={mcfg.embed_dim} depth={mcfg.depth} '
-        f'L={mcfg.seq_len}; peak lr {peak_lr:.3g}; mesh data={data_axis} fsdp={fsdp_axis} on '
-        f'{jax.device_count()} {jax.default_backend()} devices, {process_count} process(es)')
+        f'L={mcfg.seq_len}; peak lr {peak_lr:.3g} ({lr_kind}); mesh data={data_axis} '
+        f'fsdp={fsdp_axis} on {jax.device_count()} {jax.default_backend()} devices, '
+        f'{process_count} process(es)')
+  if prog.enabled:
+    print(f'progressive training: scales {prog.first_stage + 1} -> {len(mcfg.patch_nums)} over '
+          f'the first {prog.fraction:g} of the steps, newest-scale ramp {prog.ramp_steps:g} steps')
   print(sharding.describe(state_shapes.params, sharding.tree_specs(
       state_shapes.params, mesh, replicate=replicate), mesh), flush=True)
-  compiled = step_fn.lower(state_shapes, jax.ShapeDtypeStruct(
-      (c.optim.batch_size, vae_cfg.image_size, vae_cfg.image_size, 3), jnp.float32),
-                           jax.ShapeDtypeStruct((c.optim.batch_size,), jnp.int32)).compile()
-  mem = compiled.memory_analysis()
-  if mem is not None:
-    print(f'train step: temp {mem.temp_size_in_bytes / 2**20:.1f} MiB, arguments '
-          f'{mem.argument_size_in_bytes / 2**20:.1f} MiB per device', flush=True)
 
   loader = data_lib.make_loader(
       source, image_size=vae_cfg.image_size, global_batch_size=c.optim.batch_size, seed=c.seed,
@@ -128,23 +181,28 @@ def train(c, workdir: str, stop_after: int = None):
       data_lib.restore_loader(data_iter, restored['data']['grain'].encode())
     print(f'resumed from step {start}', flush=True)
   start = start or 0
+  compiled_step(prog.stage(start))  # compile (and print memory) before the first batch
 
   stop = {'now': False}
   signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
   log = run_io.MetricLog(workdir, c.optim.steps, c.optim.batch_size)
   meta = {'config': c.to_dict()}
-  metrics = None
+  metrics, done = None, start
   for step in range(start, c.optim.steps):
     batch = next(data_iter)
     images = jax.make_array_from_process_local_data(batch_sharding, np.asarray(batch['image']))
     labels = jax.make_array_from_process_local_data(batch_sharding,
                                                     np.asarray(batch['label'], np.int32))
-    state, metrics = compiled(state, images, labels)
+    stage = prog.stage(step)
+    state, metrics = compiled_step(stage)(state, images, labels)
     done = step + 1
     if stop_after is not None and done - start >= stop_after:
       stop['now'] = True
     if done % c.log_every == 0 or done == c.optim.steps:
       run_io.check_finite(done, metrics)
+      if prog.enabled:
+        metrics = dict(metrics, prog_scales=stage.num_scales,
+                       prog_weight=progressive.newest_scale_weight(stage, step))
       log.write(done, metrics)
     if done % c.ckpt_every == 0 or done == c.optim.steps or stop['now']:
       run_io.check_finite(done, metrics)
@@ -157,6 +215,8 @@ def train(c, workdir: str, stop_after: int = None):
       break
   ckpt.close()
   log.close()
+  if done == c.optim.steps:
+    export_model(workdir / 'model', state.params, mcfg)
   print(f'done in {time.perf_counter() - t_start:.0f}s; workdir {workdir}', flush=True)
   return state, metrics
 

@@ -11,6 +11,7 @@ together in one `CheckpointMismatchError`. Buffers that the model recomputes are
 """
 import os
 import re
+import zipfile
 from typing import Any, Dict, Mapping, Tuple
 
 import jax
@@ -171,7 +172,8 @@ def load_reference_state_dict(path: str) -> Dict[str, np.ndarray]:
   except ImportError as e:
     raise ImportError('reading .pth checkpoints needs PyTorch: pip install "viar-jax[torch]"') from e
   # mmap: tensors stay file-backed until converted one by one (no second full copy in memory).
-  sd = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+  # torch can only mmap its zip format; older files (e.g. torchvision's 2017 VGG16) load in full.
+  sd = torch.load(path, map_location='cpu', weights_only=True, mmap=zipfile.is_zipfile(path))
   for wrapper in ('state_dict', 'model', 'trainer'):
     if isinstance(sd, Mapping) and wrapper in sd and isinstance(sd[wrapper], Mapping):
       sd = sd[wrapper]

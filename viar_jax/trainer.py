@@ -9,14 +9,14 @@ teacher-forcing input (B, L - 1, Cvae). The loss is the mean token cross-entropy
 uniform 1/L weights). Randomness (cond-drop, drop-path, VIAR's K and m) comes from the state's key
 folded with the step, so a step is a pure function of (state, batch).
 """
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import flax
 import jax
 import jax.numpy as jnp
 import optax
 
-from viar_jax import transformer, vqvae
+from viar_jax import progressive, transformer, vqvae
 
 
 @flax.struct.dataclass
@@ -46,30 +46,54 @@ def tokenize(vae: vqvae.VQVAE, vae_params, images_BHWC):
   return jnp.concatenate(idx, axis=1), jax.lax.stop_gradient(x_BLCv)
 
 
-def token_metrics(logits_BLV, gt_BL, last_scale_len: int, label_smoothing: float = 0.0):
-  """Loss (label-smoothed mean CE, the objective) and plain CE / accuracy overall and on the last scale."""
+def token_metrics(logits_BLV, gt_BL, last_scale_len: int, label_smoothing: float = 0.0,
+                  weights_L=None):
+  """Loss (label-smoothed CE, the objective) and plain CE / accuracy overall and on the last scale.
+
+  The loss is the token mean, or sum_l weights_L[l] · CE_l when per-token weights are given
+  (progressive training); both are averaged over the batch.
+  """
   logp = jax.nn.log_softmax(logits_BLV.astype(jnp.float32), axis=-1)
   nll_BL = -jnp.take_along_axis(logp, gt_BL[..., None], axis=-1)[..., 0]
   loss_BL = (1 - label_smoothing) * nll_BL - label_smoothing * jnp.mean(logp, axis=-1)
   correct_BL = (jnp.argmax(logits_BLV, -1) == gt_BL).astype(jnp.float32)
-  return {'loss': jnp.mean(loss_BL), 'ce': jnp.mean(nll_BL), 'acc': jnp.mean(correct_BL),
+  loss = jnp.mean(loss_BL) if weights_L is None else jnp.mean(jnp.sum(loss_BL * weights_L, -1))
+  return {'loss': loss, 'ce': jnp.mean(nll_BL), 'acc': jnp.mean(correct_BL),
           'ce_last': jnp.mean(nll_BL[:, -last_scale_len:]),
           'acc_last': jnp.mean(correct_BL[:, -last_scale_len:])}
 
 
+def stage_weights(config: transformer.TransformerConfig, stage: progressive.Stage, step):
+  """(e,) loss weights of a progressive stage's tokens: 1/L, the newest scale's times its ramp."""
+  begin, end = config.scale_bounds[stage.num_scales - 1]
+  newest = progressive.newest_scale_weight(stage, step)
+  return jnp.where(jnp.arange(end) >= begin, newest, 1.0) / config.seq_len
+
+
 def train_step(state: TrainState, images_BHWC, labels_B, *, model: transformer.Transformer,
                vae: vqvae.VQVAE, vae_params, optimizer: optax.GradientTransformation,
-               label_smoothing: float = 0.0) -> Tuple[TrainState, Dict[str, jax.Array]]:
-  """One optimisation step; returns the new state and scalar metrics (loss, acc, grad_norm, ...)."""
+               label_smoothing: float = 0.0, stage: Optional[progressive.Stage] = None
+               ) -> Tuple[TrainState, Dict[str, jax.Array]]:
+  """One optimisation step; returns the new state and scalar metrics (loss, acc, grad_norm, ...).
+
+  `stage` (progressive training) trains the scale prefix [0, stage.num_scales) with the
+  reference's weights; the last-scale metrics then describe the stage's newest scale.
+  """
   c = model.config
   gt_BL, x_BLCv = tokenize(vae, vae_params, images_BHWC)
+  num_scales = len(c.patch_nums) if stage is None else stage.num_scales
+  begin, end = c.scale_bounds[num_scales - 1]
+  weights_L = None
+  if num_scales < len(c.patch_nums):
+    gt_BL, x_BLCv = gt_BL[:, :end], x_BLCv[:, :end - c.patch_nums[0]**2]
+    weights_L = stage_weights(c, stage, state.step)
   key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   dropout_key, jfb_key = jax.random.split(key)
 
   def loss_fn(params):
     logits = model.apply({'params': params}, labels_B, x_BLCv, deterministic=False,
                          rngs={'dropout': dropout_key, 'jfb': jfb_key})
-    metrics = token_metrics(logits, gt_BL, c.patch_nums[-1]**2, label_smoothing)
+    metrics = token_metrics(logits, gt_BL, end - begin, label_smoothing, weights_L)
     return metrics['loss'], metrics
 
   grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -88,12 +112,11 @@ def eval_step(params, images_BHWC, labels_B, *, model: transformer.Transformer, 
   return token_metrics(logits, gt_BL, model.config.patch_nums[-1]**2)
 
 
-
 def sharded_train_step(model, vae, vae_params, optimizer, mesh, *, replicate=(),
-                       label_smoothing: float = 0.0):
+                       label_smoothing: float = 0.0, stage: Optional[progressive.Stage] = None):
   """`train_step` jitted for a mesh: state sharded by `sharding.tree_specs`, batch over (data, fsdp),
   the state donated. Returns (step_fn(state, images, labels), create_fn(key), state_sharding,
-  batch_sharding)."""
+  batch_sharding); `stage` makes it the step of one progressive-training stage."""
   from viar_jax import sharding  # pylint: disable=import-outside-toplevel
   create = lambda key: create_train_state(model, optimizer, key)
   shapes = jax.eval_shape(create, jax.random.PRNGKey(0))
@@ -102,7 +125,7 @@ def sharded_train_step(model, vae, vae_params, optimizer, mesh, *, replicate=(),
   batch_sharding = sharding.batch_sharding(mesh)
   step = jax.jit(
       lambda s, x, y: train_step(s, x, y, model=model, vae=vae, vae_params=vae_params,
-                                 optimizer=optimizer, label_smoothing=label_smoothing),
+                                 optimizer=optimizer, label_smoothing=label_smoothing, stage=stage),
       in_shardings=(state_sharding, batch_sharding, batch_sharding),
       out_shardings=(state_sharding, None), donate_argnums=(0,))
   return step, jax.jit(create, out_shardings=state_sharding), state_sharding, batch_sharding

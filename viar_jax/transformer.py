@@ -231,6 +231,10 @@ class Transformer(nn.Module):
                no_grad_iters=None, with_grad_iters=None):
     """Teacher-forced logits (B, L, V) fp32.
 
+    `x_BLCv` may also be a scale prefix (B, e - 1, Cvae) with e the end of some scale: the logits
+    of tokens [0, e) are then exactly those of the full sequence (attention is block-causal), which
+    is what progressive training trains on.
+
     Not deterministic: labels are replaced by the null class with probability cond_drop_rate and
     drop-path/dropout are active (rng stream 'dropout'); VIAR draws K and m from rng stream 'jfb'
     unless given. Deterministic: no randomness; VIAR runs `no_grad_iters` (default eval_iters) and
@@ -238,18 +242,21 @@ class Transformer(nn.Module):
     """
     c = self.config
     self.check_labels(labels_B)
-    want = (labels_B.shape[0], c.seq_len - c.patch_nums[0]**2, c.z_channels)
-    if tuple(x_BLCv.shape) != want:
-      raise ValueError(f'teacher-forcing input must be (B, L - 1, Cvae) = {want}, got '
-                       f'{tuple(x_BLCv.shape)}')
+    first = c.patch_nums[0]**2
+    ends = [end for _, end in c.scale_bounds]
+    end = x_BLCv.shape[1] + first if x_BLCv.ndim == 3 else -1
+    if x_BLCv.shape[0] != labels_B.shape[0] or x_BLCv.shape[-1] != c.z_channels or end not in ends:
+      raise ValueError(f'teacher-forcing input must be (B, L - 1, Cvae) = '
+                       f'{(labels_B.shape[0], c.seq_len - first, c.z_channels)} or a scale prefix '
+                       f'(B, e - 1, Cvae) with e in {ends}; got {tuple(x_BLCv.shape)}')
     if not deterministic and c.cond_drop_rate > 0:
       drop = jax.random.uniform(self.make_rng('dropout'), labels_B.shape) < c.cond_drop_rate
       labels_B = jnp.where(drop, c.num_classes, labels_B)
     cond_BD, cond = self.condition(labels_B)
     x = jnp.concatenate([self.embed_first(cond_BD),
-                         self.embed_tokens(x_BLCv, c.patch_nums[0]**2, c.seq_len)], axis=1)
+                         self.embed_tokens(x_BLCv, first, end)], axis=1)
     x = x.astype(c.dtype)
-    mask = jnp.asarray(block_causal_mask(c.patch_nums))
+    mask = jnp.asarray(block_causal_mask(c.patch_nums)[:end, :end])
     if not c.implicit:
       for blk in self.blocks:
         x = blk(x, cond, mask, deterministic)
