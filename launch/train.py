@@ -95,7 +95,9 @@ def sample_grid(vae, vae_params, model, params, c, step, workdir):
 def export_model(directory: pathlib.Path, params, config):
   """The final params as a plain checkpoint (launch.sample / launch.evaluate read it); replaces an
   earlier export only once the new one is complete."""
-  params = multihost_utils.process_allgather(params)  # every process takes part
+  if jax.process_count() > 1:
+    params = multihost_utils.process_allgather(params)  # global arrays; every process takes part
+  params = jax.device_get(params)
   if jax.process_index() != 0:
     return
   staging = directory.with_name(directory.name + '.tmp')

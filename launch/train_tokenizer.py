@@ -1,5 +1,6 @@
-"""Trains the multi-scale VQ-VAE tokenizer (reconstruction L1/L2 + VQ/commitment loss, and an optional
-VQGAN-style patch-discriminator loss when config.tokenizer.disc_weight > 0).
+"""Trains the multi-scale VQ-VAE tokenizer (reconstruction L1/L2 + VQ/commitment loss, an optional
+VQGAN-style patch-discriminator loss when config.tokenizer.disc_weight > 0, and an optional LPIPS
+perceptual loss when config.tokenizer.perceptual_weight > 0).
 
     python -m launch.train_tokenizer --config configs/digits.py
 
@@ -7,6 +8,12 @@ Uses `config.tokenizer` (architecture under `vqvae`, steps, batch_size, lr, loss
 `config.data`. Writes a viar-jax checkpoint to `<workdir>/tokenizer` (usable as
 `--config.tokenizer.ckpt`), logs codebook usage, and writes `reconstructions.png` (input rows above
 their reconstructions).
+
+The perceptual loss needs user-supplied weights (nothing is downloaded) and images of >= 16 px:
+
+    python -m launch.train_tokenizer --config configs/<yours>.py \
+        --config.tokenizer.perceptual_weight=1.0 \
+        --config.tokenizer.lpips_vgg=vgg16-397923af.pth --config.tokenizer.lpips_lin=vgg.pth
 """
 import pathlib
 import time
@@ -18,7 +25,7 @@ import optax
 from absl import app, flags
 from ml_collections import config_flags
 
-from viar_jax import checkpoint, discriminator, png, run_io, tokenizer_trainer, vqvae
+from viar_jax import checkpoint, discriminator, lpips, png, run_io, tokenizer_trainer, vqvae
 from viar_jax import data as data_lib
 
 FLAGS = flags.FLAGS
@@ -39,9 +46,27 @@ def train_or_load(c, out_dir):
   return train(c, out_dir)
 
 
+def load_perceptual(t, image_size: int):
+  """LPIPS params when t.perceptual_weight > 0, else None; raises on a bad setup before any compute."""
+  weight = t.get('perceptual_weight', 0.0)
+  if weight < 0:
+    raise ValueError(f'config.tokenizer.perceptual_weight must be >= 0, got {weight}')
+  if weight == 0:
+    return None
+  if not t.get('lpips_lin', ''):
+    raise ValueError(
+        f'config.tokenizer.perceptual_weight={weight} needs the LPIPS weights, which are never '
+        f'downloaded: set config.tokenizer.lpips_vgg to {lpips.VGG_SOURCE} and '
+        f'config.tokenizer.lpips_lin to {lpips.LIN_SOURCE}')
+  lpips.check_image_size(image_size, image_size)
+  return lpips.load_params(t.get('lpips_vgg', ''), t.lpips_lin)
+
+
 def train(c, out_dir):
   cfg = vqvae_config(c)
   t = c.tokenizer
+  lpips_params = load_perceptual(t, cfg.image_size)  # first: a bad setup fails before compiling
+  perceptual_weight = t.get('perceptual_weight', 0.0)
   vae = vqvae.VQVAE(cfg)
   optimizer = optax.chain(
       optax.clip_by_global_norm(1.0),
@@ -54,16 +79,17 @@ def train(c, out_dir):
     disc_optimizer = optax.adam(t.disc_lr, b1=0.5, b2=0.9)  # taming's discriminator Adam
     state = jax.jit(lambda k: tokenizer_trainer.create_gan_state(
         vae, disc, optimizer, disc_optimizer, k))(jax.random.PRNGKey(c.seed))
-    step_fn = jax.jit(lambda s, x: tokenizer_trainer.gan_train_step(
+    step_fn = jax.jit(lambda s, x, lp: tokenizer_trainer.gan_train_step(
         s, x, vae=vae, disc=disc, vae_optimizer=optimizer, disc_optimizer=disc_optimizer,
         l1_weight=t.l1_weight, l2_weight=t.l2_weight, disc_weight=t.disc_weight,
-        disc_start_step=t.disc_start_step), donate_argnums=(0,))
+        disc_start_step=t.disc_start_step, perceptual_weight=perceptual_weight,
+        lpips_params=lp), donate_argnums=(0,))
   else:
     state = jax.jit(lambda k: tokenizer_trainer.create_state(vae, optimizer, k))(
         jax.random.PRNGKey(c.seed))
-    step_fn = jax.jit(lambda s, x: tokenizer_trainer.train_step(
-        s, x, vae=vae, optimizer=optimizer, l1_weight=t.l1_weight, l2_weight=t.l2_weight),
-                      donate_argnums=(0,))
+    step_fn = jax.jit(lambda s, x, lp: tokenizer_trainer.train_step(
+        s, x, vae=vae, optimizer=optimizer, l1_weight=t.l1_weight, l2_weight=t.l2_weight,
+        perceptual_weight=perceptual_weight, lpips_params=lp), donate_argnums=(0,))
   source = data_lib.open_source(c.data.name, 'train', c.data.data_dir)
   it = iter(data_lib.make_loader(source, image_size=cfg.image_size, global_batch_size=t.batch_size,
                                  seed=c.seed + 1, train=True, hflip=c.data.hflip,
@@ -73,7 +99,8 @@ def train(c, out_dir):
   t0 = time.perf_counter()
   for step in range(t.steps):
     batch = next(it)
-    state, metrics = step_fn(state, jnp.asarray(batch['image']))
+    # The LPIPS params (None when off) are an argument, not a closure: no 60 MB compiled constants.
+    state, metrics = step_fn(state, jnp.asarray(batch['image']), lpips_params)
     if (step + 1) % max(1, t.steps // 10) == 0 or step + 1 == t.steps:
       run_io.check_finite(step + 1, metrics)
       log.write(step + 1, metrics)

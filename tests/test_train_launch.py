@@ -41,20 +41,35 @@ def losses(workdir):
   return [(r['step'], r['loss']) for r in map(json.loads, lines)]
 
 
+def progressive_config(workdir, tokenizer_ckpt):
+  """Progressive: 2 scales at steps 0-1, 3 at step 2 (newest weight ramping to 0.5), all from 3."""
+  c = tiny_config(workdir, tokenizer_ckpt)
+  c.optim.update(pg=0.5, pg0=1, warmup_steps=1, pg_ramp_steps=2.0)
+  return c
+
+
 def test_resume_equals_straight_run(tokenizer_dir, tmp_path):
+  """Progressive training on, so resuming must also land in the right stage and ramp."""
   straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
-  state_a, _ = train_cli.train(tiny_config(straight, tokenizer_dir), straight)
-  train_cli.train(tiny_config(resumed, tokenizer_dir), resumed, stop_after=3)
+  state_a, _ = train_cli.train(progressive_config(straight, tokenizer_dir), straight)
+  train_cli.train(progressive_config(resumed, tokenizer_dir), resumed, stop_after=3)
   assert run_io.RunCheckpointer(resumed).latest_step() == 3
-  state_b, _ = train_cli.train(tiny_config(resumed, tokenizer_dir), resumed)
+  assert not (resumed / 'model').exists()  # exported only once training is complete
+  state_b, _ = train_cli.train(progressive_config(resumed, tokenizer_dir), resumed)
   np.testing.assert_allclose([l for _, l in losses(resumed)], [l for _, l in losses(straight)],
                              rtol=1e-6)
   assert [s for s, _ in losses(resumed)] == [1, 2, 3, 4, 5, 6]
+  records = [json.loads(l) for l in (straight / 'train_metrics.jsonl').read_text().splitlines()]
+  assert [r['prog_scales'] for r in records] == [2, 2, 3, 4, 4, 4]
+  assert [r['prog_weight'] for r in records] == [1, 1, 0.5, 1, 1, 1]
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
                jax.device_get(state_a.params), jax.device_get(state_b.params))
   assert int(state_b.step) == 6
   tb = tensorboard.read_scalars(straight / 'tensorboard' / 'train')
   assert [v for s, t, v in tb if t == 'loss'] == pytest.approx([l for _, l in losses(straight)])
+  config, exported = checkpoint.load(resumed / 'model')  # what launch.sample / evaluate read
+  assert config.embed_dim == 64 and config.implicit
+  jax.tree.map(np.testing.assert_array_equal, exported, jax.device_get(state_b.params))
 
 
 @pytest.mark.parametrize('change,error,match', [

@@ -7,7 +7,14 @@ fraction of the vocabulary hit in the batch.
 Optional VQGAN-style adversarial loss (`create_gan_state` / `gan_train_step`): a patch discriminator
 trained with the hinge loss, and a generator term disc_weight · λ · (-mean D(x̂)) with taming's
 adaptive λ = ‖∇_W L_rec‖ / (‖∇_W L_adv‖ + 1e-4), W = the decoder's `conv_out` kernel. Both switch on
-at `disc_start_step`. A perceptual (LPIPS) loss is not implemented (it needs user-supplied weights).
+at `disc_start_step`.
+
+Optional perceptual loss: perceptual_weight · mean LPIPS(x, x̂) (`viar_jax.lpips`, VGG16), added to
+the reconstruction loss (so in the GAN step it also enters λ's numerator, as in taming's VQGAN). Its
+params come from user-supplied files (`lpips.load_params`) and are passed to the step as a frozen
+argument: not trained, not in the optimizer state. It needs images with a side of at least
+`lpips.MIN_IMAGE_SIZE` (16) px. With perceptual_weight = 0 nothing of it is traced: the steps are as
+before.
 """
 from typing import Any, Dict, Tuple
 
@@ -16,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from viar_jax import discriminator, vqvae
+from viar_jax import discriminator, lpips, vqvae
 from viar_jax.trainer import TrainState
 
 
@@ -28,17 +35,47 @@ def create_state(vae: vqvae.VQVAE, optimizer: optax.GradientTransformation, key)
                     rng=jax.random.key_data(rng))
 
 
+def check_perceptual(perceptual_weight: float, lpips_params, image_shape=None):
+  """ValueError for a negative weight, a positive one without LPIPS params, or too small images."""
+  if perceptual_weight < 0:
+    raise ValueError(f'perceptual_weight must be >= 0, got {perceptual_weight}')
+  if perceptual_weight > 0:
+    if lpips_params is None:
+      raise ValueError(f'perceptual_weight={perceptual_weight} needs LPIPS params '
+                       f'(lpips.load_params on the user-supplied VGG16 and LPIPS weight files)')
+    if image_shape is not None:
+      lpips.check_image_size(*image_shape[1:3])
+
+
+def perceptual_loss(lpips_params, images_BHWC, rec_BHWC) -> jax.Array:
+  """Mean LPIPS(x, x̂) over the batch; the LPIPS params are frozen (no gradient reaches them)."""
+  return jnp.mean(lpips.lpips_distance(jax.lax.stop_gradient(lpips_params), images_BHWC, rec_BHWC))
+
+
 def train_step(state: TrainState, images_BHWC, *, vae: vqvae.VQVAE,
                optimizer: optax.GradientTransformation, l1_weight: float = 1.0,
-               l2_weight: float = 1.0) -> Tuple[TrainState, Dict[str, jax.Array]]:
+               l2_weight: float = 1.0, perceptual_weight: float = 0.0,
+               lpips_params=None) -> Tuple[TrainState, Dict[str, jax.Array]]:
+  """One VQ-VAE step: l1·L1 + l2·L2 (+ perceptual_weight · mean LPIPS) + VQ loss.
+
+  lpips_params: `lpips.load_params(...)`, required when perceptual_weight > 0 (pass it as a jit
+  argument rather than closing over it, or ~60 MB of VGG16 weights become compiled constants).
+  Metrics gain 'perceptual' (the unweighted mean LPIPS) only when perceptual_weight > 0.
+  """
+  check_perceptual(perceptual_weight, lpips_params, images_BHWC.shape)
+
   def loss_fn(params):
     rec, vq_loss, hits_KV = vae.apply({'params': params}, images_BHWC)
     l1 = jnp.mean(jnp.abs(rec - images_BHWC))
     l2 = jnp.mean(jnp.square(rec - images_BHWC))
     loss = l1_weight * l1 + l2_weight * l2 + vq_loss
+    extra = {}
+    if perceptual_weight > 0:
+      extra['perceptual'] = perceptual_loss(lpips_params, images_BHWC, rec)
+      loss = loss + perceptual_weight * extra['perceptual']
     usage = jnp.mean((hits_KV > 0).astype(jnp.float32), axis=1)  # (K,) fraction of codes used
     return loss, {'loss': loss, 'l1': l1, 'l2': l2, 'vq': vq_loss, 'usage_last': usage[-1],
-                  'usage_mean': jnp.mean(usage)}
+                  'usage_mean': jnp.mean(usage), **extra}
 
   grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -84,17 +121,20 @@ def gan_train_step(state: GanTrainState, images_BHWC, *, vae: vqvae.VQVAE,
                    disc: discriminator.PatchDiscriminator,
                    vae_optimizer: optax.GradientTransformation,
                    disc_optimizer: optax.GradientTransformation, l1_weight: float = 1.0,
-                   l2_weight: float = 1.0, disc_weight: float = 0.1,
-                   disc_start_step: int = 0) -> Tuple[GanTrainState, Dict[str, jax.Array]]:
+                   l2_weight: float = 1.0, disc_weight: float = 0.1, disc_start_step: int = 0,
+                   perceptual_weight: float = 0.0,
+                   lpips_params=None) -> Tuple[GanTrainState, Dict[str, jax.Array]]:
   """One VQ-VAE step and one discriminator step on the same reconstructions.
 
   images_BHWC: (B, H, W, C) in [-1, 1], H = W = vae.config.image_size.
-  Generator loss = l1·L1 + l2·L2 + VQ + on · disc_weight · λ · (-mean D(x̂)), with
-  on = (state.vae.step >= disc_start_step) and λ the adaptive weight (a constant for the gradient).
+  Generator loss = L_rec + VQ + on · disc_weight · λ · (-mean D(x̂)), with L_rec = l1·L1 + l2·L2
+  (+ perceptual_weight · mean LPIPS, see `train_step`), on = (state.vae.step >= disc_start_step) and
+  λ the adaptive weight from L_rec and the adversarial term (a constant for the gradient).
   Discriminator loss = hinge(D(x), D(sg(x̂))), applied only when on. `on` is traced, so one compiled
   step serves the whole run; before the start the VQ-VAE update equals `train_step`'s and the
   discriminator's params and optimizer state stay as they are. Returns (new state, scalar metrics).
   """
+  check_perceptual(perceptual_weight, lpips_params, images_BHWC.shape)
   on = state.vae.step >= disc_start_step
   disc_apply = lambda p, x: disc.apply({'params': p}, x)
 
@@ -108,13 +148,17 @@ def gan_train_step(state: GanTrainState, images_BHWC, *, vae: vqvae.VQVAE,
   def recon_loss(rec):
     l1 = jnp.mean(jnp.abs(rec - images_BHWC))
     l2 = jnp.mean(jnp.square(rec - images_BHWC))
-    return l1_weight * l1 + l2_weight * l2, (l1, l2)
+    loss, extra = l1_weight * l1 + l2_weight * l2, {}
+    if perceptual_weight > 0:
+      extra['perceptual'] = perceptual_loss(lpips_params, images_BHWC, rec)
+      loss = loss + perceptual_weight * extra['perceptual']
+    return loss, (l1, l2, extra)
 
   def adv_loss(rec):
     logits_fake = disc_apply(state.disc_params, rec)
     return discriminator.generator_adv_loss(logits_fake), logits_fake
 
-  (rec_loss, (l1, l2)), d_rec = jax.value_and_grad(recon_loss, has_aux=True)(rec_BHWC)
+  (rec_loss, (l1, l2, extra)), d_rec = jax.value_and_grad(recon_loss, has_aux=True)(rec_BHWC)
   (g_adv, logits_fake), d_adv = jax.value_and_grad(adv_loss, has_aux=True)(rec_BHWC)
 
   # λ from the two losses' gradients on the last layer. Only that leaf of each pulled-back gradient
@@ -150,7 +194,7 @@ def gan_train_step(state: GanTrainState, images_BHWC, *, vae: vqvae.VQVAE,
              'grad_norm': optax.tree.norm(grads), 'g_adv': g_adv, 'adv_term': adv_term,
              'adaptive_weight': lam, 'd_loss': d_loss, 'd_grad_norm': optax.tree.norm(d_grads),
              'logits_real': jnp.mean(logits_real), 'logits_fake': jnp.mean(logits_fake),
-             'disc_on': on.astype(jnp.float32)}
+             'disc_on': on.astype(jnp.float32), **extra}
   new_state = GanTrainState(vae=vae_state, disc_params=keep(d_params, state.disc_params),
                             disc_opt_state=keep(d_opt_state, state.disc_opt_state))
   return new_state, metrics
