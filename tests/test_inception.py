@@ -137,9 +137,11 @@ def test_tf1_bilinear_matrix_known_values():
 
 def test_preprocess_normalisation_at_299(images_299):
   x = images_299.astype(np.float32)
-  np.testing.assert_allclose(inception.preprocess(images_299), 2 * x / 255 - 1, atol=1e-6)
-  np.testing.assert_allclose(inception.preprocess(x / 255), 2 * x / 255 - 1, atol=1e-6)
-  np.testing.assert_allclose(inception.preprocess(images_299, 'tf1'), (x - 128) / 128, atol=1e-6)
+  np.testing.assert_allclose(inception.preprocess(images_299, 'pytorch_fid'), 2 * x / 255 - 1,
+                             atol=1e-6)
+  np.testing.assert_allclose(inception.preprocess(x / 255, 'pytorch_fid'), 2 * x / 255 - 1,
+                             atol=1e-6)
+  np.testing.assert_allclose(inception.preprocess(images_299), (x - 128) / 128, atol=1e-6)
   with pytest.raises(ValueError, match='resize_mode'):
     inception.preprocess(images_299, 'area')
   with pytest.raises(ValueError, match=r'\(N, H, W, 3\)'):
@@ -152,7 +154,7 @@ def test_preprocess_resize_matches_torch_interpolate():
   x = torch.from_numpy(img.astype(np.float32) / 255).permute(0, 3, 1, 2)
   want = torch.nn.functional.interpolate(x, size=(299, 299), mode='bilinear', align_corners=False)
   want = (2 * want - 1).permute(0, 2, 3, 1).numpy()
-  np.testing.assert_allclose(inception.preprocess(img), want, atol=1e-5)
+  np.testing.assert_allclose(inception.preprocess(img, 'pytorch_fid'), want, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------- network

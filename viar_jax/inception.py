@@ -26,13 +26,13 @@ Outputs (`InceptionOutputs`):
            `logits_bias=True` adds the bias (pytorch-fid's fc).
 
 Preprocessing (`preprocess`), two modes:
-  'pytorch_fid' (default)  x in [0, 1] (uint8 / 255), PyTorch bilinear resize to 299 with
+  'pytorch_fid'            x in [0, 1] (uint8 / 255), PyTorch bilinear resize to 299 with
                            align_corners=False (half-pixel centres, `viar_jax.resample`), 2x - 1.
-  'tf1'                    what the ADM TF graph does to its [0, 255] input: TF1 ResizeBilinear
+  'tf1' (default)          what the ADM TF graph does to its [0, 255] input: TF1 ResizeBilinear
                            (align_corners=False *without* half-pixel centres:
-                           source = out * in/out), then (x - 128) / 128. Use this to match ADM
-                           reference statistics; the modes differ slightly whenever the input is
-                           not 299x299 (and by the 127.5 vs 128 offset/scale always).
+                           source = out * in/out), then (x - 128) / 128. It matches ADM
+                           reference statistics, hence the default. The modes differ slightly
+                           when the input is not 299x299, and always by 127.5 vs 128.
 Float images must be in [0, 1]; uint8 images are [0, 255].
 
 Params are a plain nested dict named after the PyTorch modules (`Mixed_6d/branch1x1/conv/kernel`),
@@ -254,7 +254,7 @@ def _resize(x_BHWC, m_h: np.ndarray, m_w: np.ndarray):
                     precision=_HIGHEST)
 
 
-def preprocess(images, resize_mode: str = 'pytorch_fid'):
+def preprocess(images, resize_mode: str = 'tf1'):
   """uint8 [0, 255] or float [0, 1] images (N, H, W, 3) -> float32 (N, 299, 299, 3) in [-1, 1]."""
   if resize_mode not in RESIZE_MODES:
     raise ValueError(f'unknown resize_mode {resize_mode!r}; expected one of {RESIZE_MODES}')
@@ -363,7 +363,7 @@ def load_fid_inception(path: str) -> Dict[str, Any]:
 # ---------------------------------------------------------------------------------- embedding
 
 
-def make_embedder(params, batch_size: int = 100, resize_mode: str = 'pytorch_fid',
+def make_embedder(params, batch_size: int = 100, resize_mode: str = 'tf1',
                   logits_bias: bool = False, progress: bool = False) -> Callable:
   """Returns `embed(images) -> (pool, spatial, logits)` numpy float32, in batches of `batch_size`.
 
