@@ -1,0 +1,143 @@
+"""launch/evaluate.py and launch/quality_curve.py end to end on real digits and tiny random models."""
+import json
+
+import jax
+import numpy as np
+import pytest
+from absl import flags
+
+from launch import evaluate
+from launch import quality_curve
+from viar_jax import checkpoint, digits_eval, sampler, transformer, vqvae
+
+# 8x8 images like the digits (latent 4x4), as small as the modules allow; two scales 1-4 because
+# the sampler's compile time grows with the number of scales.
+VAE = vqvae.VQVAEConfig(vocab_size=16, z_channels=4, ch=32, ch_mult=(1, 1), num_res_blocks=1,
+                        image_size=8, patch_nums=(1, 4), using_sa=False, using_mid_sa=False)
+TINY = dict(depth=2, embed_dim=32, num_heads=1, num_classes=10, patch_nums=(1, 4), vocab_size=16,
+            z_channels=4)
+VIAR = transformer.TransformerConfig(**TINY, implicit=True, pre_depth=1, post_depth=0, eval_iters=2)
+VAR = transformer.TransformerConfig(**TINY)
+
+
+@pytest.fixture(scope='module', autouse=True)
+def fast_compiles():
+  """XLA:CPU compiles each tiny sampler ~4x faster without its optimization passes; nothing here
+  depends on the speed of the compiled code."""
+  jax.config.update('jax_disable_most_optimizations', True)
+  yield
+  jax.config.update('jax_disable_most_optimizations', False)
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp('tfds')
+
+
+@pytest.fixture(scope='module')
+def digits_evaluator(request, tmp_path_factory, data_dir):
+  """The seed-0 classifier from pytest's cache (test_digits_eval stores it), trained if missing."""
+  cache = getattr(request.config, 'cache', None)
+  cache_dir = cache.mkdir('viar_jax_digits_classifier') if cache else tmp_path_factory.mktemp('clf')
+  return digits_eval.DigitsEvaluator(digits_eval.load_classifier(0, cache_dir, data_dir), data_dir, 0)
+
+
+@pytest.fixture(scope='module')
+def workdirs(tmp_path_factory):
+  """Training-workdir layout (model/, tokenizer/) with random weights, VIAR and VAR."""
+  root = tmp_path_factory.mktemp('runs')
+  rng = np.random.default_rng(0)  # random weights without paying for an init compile
+  random_like = lambda tree: jax.tree.map(
+      lambda s: (rng.normal(size=s.shape) * 0.1).astype(np.float32), tree)
+  vae_params = random_like(checkpoint.abstract_params(VAE))
+  dirs = {}
+  checkpoint.save(root / 'viar' / 'tokenizer', vae_params, VAE)
+  for name, cfg in (('viar', VIAR), ('var', VAR)):  # the VAR run shares the VIAR's tokenizer
+    checkpoint.save(root / name / 'model', random_like(checkpoint.abstract_params(cfg)), cfg)
+    dirs[name] = root / name
+  return dirs
+
+
+def test_real_test_digits_npz_gives_the_classifier_accuracy(digits_evaluator, data_dir, tmp_path):
+  images, labels = digits_eval.load_split('test', data_dir)
+  np.savez(tmp_path / 'real.npz', arr_0=images, arr_1=labels)
+  report = evaluate.run(tmp_path / 'out', ['digits'], samples=str(tmp_path / 'real.npz'),
+                        digits_evaluator=digits_evaluator)
+  saved = json.loads((tmp_path / 'out' / 'metrics.json').read_text())
+  assert saved == json.loads(json.dumps(report))
+  digits = saved['metrics']['digits']
+  assert digits['class_accuracy'] == digits['classifier_test_accuracy'] >= 0.97
+  assert abs(digits['digits_fid']) < 1e-6 and 0 < digits['reference_fid_train_vs_test'] < 10
+  assert saved['num_images'] == 297 and saved['source'] == {'samples': str(tmp_path / 'real.npz')}
+
+
+def test_sampling_path_runs_end_to_end(workdirs, digits_evaluator, tmp_path):
+  options = sampler.SampleOptions(top_k=0, top_p=0.0, iters=(2, 1))
+  args = dict(vae_ckpt=workdirs['viar'] / 'tokenizer', model_ckpt=workdirs['viar'] / 'model',
+              classes=[], per_class=1, batch=10, options=options, seed=0)
+  report = evaluate.run(tmp_path, ['digits'], sample_args=args, digits_evaluator=digits_evaluator)
+  assert (tmp_path / 'metrics.json').exists() and (tmp_path / 'samples.npz').exists()
+  assert report['num_images'] == 10 and report['image_shape'] == [8, 8, 3]
+  assert 0 <= report['metrics']['digits']['class_accuracy'] <= 1
+  assert np.isfinite(report['metrics']['digits']['digits_fid'])
+  assert report['source']['options']['iters'] == (2, 1)
+
+
+def test_adm_metrics_with_a_stand_in_embedder():
+  rng = np.random.default_rng(0)
+  embed = lambda images: (rng.normal(size=(len(images), 6)), rng.normal(size=(len(images), 5)),
+                          rng.normal(size=(len(images), 4)))
+  images = np.zeros((12, 8, 8, 3), np.uint8)
+  with_images = evaluate.adm_metrics(images, embed, {'images': images})
+  assert set(with_images) >= {'fid', 'sfid', 'inception_score', 'precision', 'recall'}
+  stats_only = {'mu': np.zeros(6), 'sigma': np.eye(6), 'mu_s': np.zeros(5), 'sigma_s': np.eye(5)}
+  scores = evaluate.adm_metrics(images, embed, stats_only)
+  assert scores['precision'] is None and np.isfinite(scores['fid'])
+
+
+def test_bad_inputs_fail_clearly(workdirs, tmp_path):
+  np.savez(tmp_path / 'nolabels.npz', arr_0=np.zeros((3, 8, 8, 3), np.uint8))
+  with pytest.raises(ValueError, match='no arr_1 labels'):
+    evaluate.run(tmp_path, ['digits'], samples=str(tmp_path / 'nolabels.npz'))
+  with pytest.raises(ValueError, match='--inception_weights'):
+    evaluate.run(tmp_path, ['adm'], samples=str(tmp_path / 'nolabels.npz'))
+  with pytest.raises(FileNotFoundError, match='--ref_batch'):
+    evaluate.check_adm_inputs(str(tmp_path / 'nolabels.npz'), str(tmp_path / 'missing.npz'))
+  with pytest.raises(ValueError, match='--metrics must name'):
+    evaluate.check_metric_names(['fid'])
+  with pytest.raises(FileNotFoundError, match='not found'):
+    evaluate.load_samples(tmp_path / 'missing.npz')
+  with pytest.raises(ValueError, match='expected VIAR'):
+    quality_curve.load_run(workdirs['var'], implicit=True,
+                           tokenizer_dir=workdirs['viar'] / 'tokenizer')
+  with pytest.raises(FileNotFoundError, match='not a viar-jax checkpoint'):
+    quality_curve.load_run(workdirs['var'], implicit=False)
+
+
+def test_quality_curve_on_tiny_viar_and_var(workdirs, digits_evaluator, tmp_path):
+  rows = quality_curve.run(workdirs['viar'], workdirs['var'], tmp_path, per_class=1,
+                           schedules=['1', '2->1'], batch=10, repeats=1, evaluator=digits_evaluator)
+  assert [(r['model'], r['schedule'], r['iters']) for r in rows] == [
+      ('VIAR', '1', [1, 1]), ('VIAR', '2->1', [2, 1]), ('VAR', '-', None)]
+  for r in rows:
+    assert r['images_per_s'] > 0 and r['memory_bytes'] > 0 and np.isfinite(r['digits_fid'])
+  md = (tmp_path / 'quality_curve.md').read_text()
+  assert '| VIAR | 2->1 | 2,1 |' in md and '| VAR | - | - |' in md
+  saved = json.loads((tmp_path / 'quality_curve.json').read_text())
+  assert len(saved['rows']) == 3 and saved['settings']['num_images'] == 10
+  assert (tmp_path / 'quality_curve.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  assert sorted(p.name for p in (tmp_path / 'grids').iterdir()) == [
+      'var.png', 'viar_1.png', 'viar_2_to_1.png']
+
+
+def test_quality_curve_flags_and_schedules():
+  fv = flags.FlagValues()  # its own flag set: launch.sample's flags share these names
+  quality_curve.define_flags(fv)
+  fv(['quality_curve', '--schedules=1,10->2', '--per_class=3', '--var_dir='])
+  assert fv.schedules == ['1', '10->2'] and fv.per_class == 3 and not fv.var_dir
+  assert quality_curve.parse_schedule('10->2', 10) == ('10->2', (10, 9, 8, 7, 6, 5, 4, 3, 2, 2))
+  assert quality_curve.parse_schedule('10-2', 4) == ('10->2', (10, 7, 4, 2))
+  assert quality_curve.parse_schedule('4', 3) == ('4', (4, 4, 4))
+  with pytest.raises(ValueError, match='bad schedule'):
+    quality_curve.parse_schedule('0', 3)
+  assert [s.model for s in quality_curve.row_specs(['1'], 3, with_var=False)] == ['VIAR']
