@@ -1,7 +1,11 @@
 """Smoke test of launch/benchmark.py in --quick mode (tiny VAR / VIAR, compiled in-process)."""
 import json
 
+import pytest
+
 from launch import benchmark
+
+pytestmark = pytest.mark.usefixtures('fast_compiles')  # plumbing, not numerics
 
 
 def test_quick_benchmark_measures_every_row_and_writes_reports(tmp_path):

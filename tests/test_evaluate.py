@@ -1,14 +1,16 @@
 """launch/evaluate.py and launch/quality_curve.py end to end on real digits and tiny random models."""
 import json
 
-import jax
 import numpy as np
 import pytest
 from absl import flags
 
+import fast_init
 from launch import evaluate
 from launch import quality_curve
 from viar_jax import checkpoint, digits_eval, sampler, transformer, vqvae
+
+pytestmark = pytest.mark.usefixtures('fast_compiles')  # plumbing, not numerics
 
 # 8x8 images like the digits (latent 4x4), as small as the modules allow; two scales 1-4 because
 # the sampler's compile time grows with the number of scales.
@@ -18,15 +20,6 @@ TINY = dict(depth=2, embed_dim=32, num_heads=1, num_classes=10, patch_nums=(1, 4
             z_channels=4)
 VIAR = transformer.TransformerConfig(**TINY, implicit=True, pre_depth=1, post_depth=0, eval_iters=2)
 VAR = transformer.TransformerConfig(**TINY)
-
-
-@pytest.fixture(scope='module', autouse=True)
-def fast_compiles():
-  """XLA:CPU compiles each tiny sampler ~4x faster without its optimization passes; nothing here
-  depends on the speed of the compiled code."""
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', False)
 
 
 @pytest.fixture(scope='module')
@@ -46,14 +39,10 @@ def digits_evaluator(request, tmp_path_factory, data_dir):
 def workdirs(tmp_path_factory):
   """Training-workdir layout (model/, tokenizer/) with random weights, VIAR and VAR."""
   root = tmp_path_factory.mktemp('runs')
-  rng = np.random.default_rng(0)  # random weights without paying for an init compile
-  random_like = lambda tree: jax.tree.map(
-      lambda s: (rng.normal(size=s.shape) * 0.1).astype(np.float32), tree)
-  vae_params = random_like(checkpoint.abstract_params(VAE))
   dirs = {}
-  checkpoint.save(root / 'viar' / 'tokenizer', vae_params, VAE)
+  checkpoint.save(root / 'viar' / 'tokenizer', fast_init.random_params(VAE), VAE)
   for name, cfg in (('viar', VIAR), ('var', VAR)):  # the VAR run shares the VIAR's tokenizer
-    checkpoint.save(root / name / 'model', random_like(checkpoint.abstract_params(cfg)), cfg)
+    checkpoint.save(root / name / 'model', fast_init.random_params(cfg), cfg)
     dirs[name] = root / name
   return dirs
 

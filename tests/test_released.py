@@ -4,8 +4,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import fast_init
 from launch import convert as convert_cli
 from viar_jax import checkpoint, convert, released, sampler, transformer, vqvae
+
+pytestmark = pytest.mark.usefixtures('fast_compiles')  # plumbing, not numerics
 
 # Key counts of the reference state dicts (VAR.md §3): VQ-VAE 324, VAR 8 + 13·depth + 4, shared-AdaLN
 # 8 + 2 + 12·depth + 4, VIAR: 8 + (5 + 1 + 5)·13 + 4 projection keys + 4.
@@ -64,8 +67,7 @@ def test_convert_cli_round_trip_and_sampling(tmp_path):
                                   sd['implicit_block_projection.0.weight'].T)
     vae_cfg = vqvae.VQVAEConfig(vocab_size=32, z_channels=4, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
                                 image_size=16, patch_nums=(1, 2, 4))
-    vae = vqvae.VQVAE(vae_cfg)
-    vae_params = jax.jit(vae.init)(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))['params']
+    vae, vae_params = vqvae.VQVAE(vae_cfg), fast_init.random_params(vae_cfg)
     out = sampler.make_sampler(vae, transformer.Transformer(loaded_cfg),
                                sampler.SampleOptions(top_k=5, iters=(2, 2, 1)))(
                                    vae_params, params, jax.random.PRNGKey(0), jnp.array([1, 10]))

@@ -6,8 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import fast_init
 from launch import sample as sample_cli
 from viar_jax import checkpoint, png, sampler, transformer, vqvae
+
+pytestmark = pytest.mark.usefixtures('fast_compiles')  # plumbing, not numerics
 
 VAE = vqvae.VQVAEConfig(vocab_size=32, z_channels=4, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
                         image_size=16, patch_nums=(1, 2, 4))
@@ -19,11 +22,7 @@ VIAR = transformer.TransformerConfig(depth=4, embed_dim=64, num_heads=1, num_cla
 @pytest.fixture(scope='module')
 def ckpts(tmp_path_factory):
   root = tmp_path_factory.mktemp('ckpt')
-  rng = np.random.default_rng(0)  # random weights without paying for an init compile
-  random_like = lambda tree: jax.tree.map(
-      lambda s: (rng.normal(size=s.shape) * 0.1).astype(np.float32), tree)
-  vae_params = random_like(checkpoint.abstract_params(VAE))
-  model_params = random_like(checkpoint.abstract_params(VIAR))
+  vae_params, model_params = fast_init.random_params(VAE), fast_init.random_params(VIAR)
   return (checkpoint.save(root / 'vae', vae_params, VAE),
           checkpoint.save(root / 'viar', model_params, VIAR), vae_params)
 

@@ -79,17 +79,18 @@ def run(viar, labels, key=0, **options):
 
 def test_final_iterate_converges_to_per_iteration(viar):
   """Both cache modes approach the same equilibrium: far apart after 3 iterations, token-identical
-  after 20 on the fixture model (measured: token agreement 0.83 at 3, 1.0 from 10 on)."""
+  after 10 on the fixture model (measured: token agreement 0.83 at 3, 1.0 from 10 on; max guided
+  logit difference 4.9 at 3, 0.14 at 10, 0.018 at 20)."""
   labels = jnp.arange(8, dtype=jnp.int32) % 11
   diff = {}
-  for n in (3, 20):
+  for n in (3, 10):
     a = run(viar, labels, top_k=1, iters=(n,) * 4, cache_mode='per_iteration')
     b = run(viar, labels, top_k=1, iters=(n,) * 4, cache_mode='final_iterate')
     diff[n] = max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(a.guided_logits, b.guided_logits))
-    if n == 20:
+    if n == 10:
       for x, y in zip(a.tokens, b.tokens):
         np.testing.assert_array_equal(x, y)
-  assert diff[20] < 0.1 < diff[3], diff
+  assert diff[10] < 0.5 < 3 < diff[3], diff
 
 
 def test_anderson_with_tolerance_stops_early(viar):

@@ -11,6 +11,8 @@ from launch import train as train_cli
 from launch import train_tokenizer
 from viar_jax import checkpoint, released, run_io, tensorboard, transformer, vqvae
 
+pytestmark = pytest.mark.usefixtures('fast_compiles')  # plumbing, not numerics
+
 
 def tiny_config(workdir, tokenizer_ckpt=''):
   c = digits.get_config()
