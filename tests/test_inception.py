@@ -255,7 +255,8 @@ def _torch_fid_inception(sd, x):
 
 def test_matches_functional_torch_reference(state_dict, images_299, outputs_299):
   torch = pytest.importorskip('torch')
-  x = torch.from_numpy(images_299.astype(np.float32) / 255).permute(0, 3, 1, 2) * 2 - 1
+  # The embedder's default 'tf1' preprocessing at 299 x 299 (no resize): (x - 128) / 128.
+  x = (torch.from_numpy(images_299.astype(np.float32)).permute(0, 3, 1, 2) - 128) / 128
   with torch.no_grad():
     want = _torch_fid_inception(state_dict, x)
   for name, got, ref in zip(('pool', 'spatial', 'logits'), outputs_299, want):

@@ -79,6 +79,7 @@ def test_resume_equals_straight_run(tokenizer_dir, tmp_path):
     (lambda c: c.optim.update(batch_size=12), ValueError, 'not divisible by the mesh size'),
     (lambda c: c.tokenizer.update(ckpt='/nonexistent/tok'), FileNotFoundError, 'tokenizer checkpoint'),
     (lambda c: c.data.update(name='no_such_dataset'), (ValueError, FileNotFoundError), 'no_such_dataset'),
+    (lambda c: c.optim.update(pg=0.5, pg0=4), ValueError, r'first stage \(pg0\) must lie in \[0, 3\]'),
 ])
 def test_bad_run_configs_fail_before_compute(tmp_path, change, error, match):
   c = tiny_config(tmp_path)

@@ -34,7 +34,7 @@ def grad_of(flat_grads, key):
   path = convert.reference_key_to_path(key)
   if path[-1] == 'weight':
     path = next(p for p in flat_grads if p[:-1] == path[:-1] and p[-1] in ('kernel', 'embedding'))
-  return convert._to_reference_layout(path[-1], np.asarray(flat_grads[path]))
+  return convert.to_reference_layout(path[-1], np.asarray(flat_grads[path]))
 
 
 def rel_err(got, want):

@@ -65,7 +65,7 @@ def test_share_quant_resi_variants_round_trip(share, keys):
   sd = {}
   for path, leaf in flat.items():
     names = tuple(p.key for p in path)
-    sd[convert.path_to_reference_key(names)] = convert._to_reference_layout(names[-1], np.asarray(leaf))
+    sd[convert.path_to_reference_key(names)] = convert.to_reference_layout(names[-1], np.asarray(leaf))
   back = convert.convert_state_dict(sd, params)
   jax.tree.map(np.testing.assert_array_equal, back, jax.tree.map(np.asarray, params))
 

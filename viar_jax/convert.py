@@ -72,7 +72,8 @@ def path_to_reference_key(path: Tuple[str, ...]) -> str:
   return key
 
 
-def _to_reference_layout(leaf: str, x: np.ndarray) -> np.ndarray:
+def to_reference_layout(leaf: str, x: np.ndarray) -> np.ndarray:
+  """A Flax leaf in PyTorch's layout: Dense (in, out) -> (out, in), Conv HWIO -> OIHW."""
   if leaf == 'kernel' and x.ndim == 2:
     return x.T
   if leaf == 'kernel' and x.ndim == 4:
@@ -80,12 +81,18 @@ def _to_reference_layout(leaf: str, x: np.ndarray) -> np.ndarray:
   return x
 
 
-def _from_reference_layout(leaf: str, x: np.ndarray) -> np.ndarray:
+def from_reference_layout(leaf: str, x: np.ndarray) -> np.ndarray:
+  """Inverse of `to_reference_layout`."""
   if leaf == 'kernel' and x.ndim == 2:
     return x.T
   if leaf == 'kernel' and x.ndim == 4:
     return np.transpose(x, (2, 3, 1, 0))
   return x
+
+
+def reference_shape(leaf: str, shape) -> Tuple[int, ...]:
+  """PyTorch shape of a Flax leaf of `shape` (no data touched)."""
+  return tuple(to_reference_layout(leaf, np.empty(tuple(shape), np.uint8)).shape)
 
 
 def reference_key_spec(template_params) -> Dict[str, Tuple[int, ...]]:
@@ -95,10 +102,7 @@ def reference_key_spec(template_params) -> Dict[str, Tuple[int, ...]]:
   """
   spec = {}
   for path, leaf in traverse_util.flatten_dict(_unfreeze(template_params)).items():
-    shape = tuple(leaf.shape)
-    fake = np.empty(shape, np.uint8) if len(shape) in (2, 4) else None
-    ref_shape = _to_reference_layout(path[-1], fake).shape if fake is not None else shape
-    spec[path_to_reference_key(path)] = tuple(ref_shape)
+    spec[path_to_reference_key(path)] = reference_shape(path[-1], leaf.shape)
   return spec
 
 
@@ -131,11 +135,11 @@ def convert_state_dict(state_dict: Mapping[str, Any], template_params, dtype=np.
     if path not in flat_template:
       unknown.append(key)
       continue
-    x = _from_reference_layout(path[-1], _as_numpy(value))
+    x = from_reference_layout(path[-1], _as_numpy(value))
     want = tuple(flat_template[path].shape)
     if x.shape != want:
       mismatched.append(f'{key}: checkpoint {tuple(_as_numpy(value).shape)} vs model '
-                        f'{tuple(_to_reference_layout(path[-1], np.empty(want, np.uint8)).shape)}')
+                        f'{reference_shape(path[-1], want)}')
       continue
     out[path] = np.asarray(x, dtype)
   missing = [path_to_reference_key(p) for p in flat_template if p not in out

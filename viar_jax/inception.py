@@ -284,28 +284,12 @@ def abstract_params():
   return convert.abstract_params(FIDInceptionV3(), x)
 
 
-def _torch_layout_shape(leaf: str, shape: Tuple[int, ...]) -> Tuple[int, ...]:
-  if leaf == 'kernel' and len(shape) == 4:  # HWIO -> OIHW
-    return (shape[3], shape[2], shape[0], shape[1])
-  if leaf == 'kernel' and len(shape) == 2:  # (in, out) -> (out, in)
-    return (shape[1], shape[0])
-  return tuple(shape)
-
-
-def _from_torch_layout(leaf: str, x: np.ndarray) -> np.ndarray:
-  if leaf == 'kernel' and x.ndim == 4:
-    return np.transpose(x, (2, 3, 1, 0))
-  if leaf == 'kernel' and x.ndim == 2:
-    return x.T
-  return x
-
-
 @functools.lru_cache(maxsize=1)
 def _key_table() -> Dict[str, Tuple[Tuple[str, ...], Tuple[int, ...]]]:
   """PyTorch key -> (Flax param path, PyTorch shape)."""
   flat = traverse_util.flatten_dict(abstract_params())
   return {'.'.join(path[:-1] + (_LEAF_TO_TORCH[path[-1]],)):
-          (path, _torch_layout_shape(path[-1], tuple(leaf.shape))) for path, leaf in flat.items()}
+          (path, convert.reference_shape(path[-1], leaf.shape)) for path, leaf in flat.items()}
 
 
 def state_dict_spec() -> Dict[str, Tuple[int, ...]]:
@@ -335,7 +319,7 @@ def convert_state_dict(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
     if tuple(x.shape) != want:
       mismatched.append(f'{key}: checkpoint {tuple(x.shape)} vs model {want}')
       continue
-    out[path] = np.asarray(_from_torch_layout(path[-1], x), np.float32)
+    out[path] = np.asarray(convert.from_reference_layout(path[-1], x), np.float32)
   missing = [k for k in table if k not in state_dict]
   problems = ([f'unknown key {k}' for k in sorted(unknown)] +
               [f'missing key {k}' for k in sorted(missing)] +

@@ -13,6 +13,9 @@ import bisect
 import dataclasses
 from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
+
 
 class Stage(NamedTuple):
   """What one compiled train step needs (hashable, static)."""
@@ -68,6 +71,7 @@ def newest_scale_weight(stage: Stage, step):
   """Loss-weight factor of the stage's newest scale at global `step` (traced or not)."""
   if stage.ramp_steps <= 0:
     return 1.0
-  steps_in_stage = step - stage.start_step + 1
-  ratio = steps_in_stage / stage.ramp_steps
-  return ratio.clip(0.01, 1.0) if hasattr(ratio, 'clip') else min(max(ratio, 0.01), 1.0)
+  ratio = (step - stage.start_step + 1) / stage.ramp_steps
+  if isinstance(ratio, jax.Array):  # the step counter inside the train step
+    return jnp.clip(ratio, 0.01, 1.0)
+  return min(max(ratio, 0.01), 1.0)
