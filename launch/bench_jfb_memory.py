@@ -12,7 +12,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from viar_jax import profiling, transformer
+from viar_jax import profiling
+from viar_jax.models import transformer
 
 
 def main():

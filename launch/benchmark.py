@@ -35,7 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from viar_jax import sampler, solvers, transformer, vqvae
+from viar_jax.models import solvers, transformer, vqvae
+from viar_jax.sample import sampler
 
 PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 SCHEDULES = ((10, 10), (5, 5), (10, 5), (10, 2))

@@ -5,7 +5,7 @@
     python -m launch.convert --src var_d16.pth --dst ckpt/var_d16
     python -m launch.convert --src viar.pth --dst ckpt/viar_d30
 
-The model is recognised from the file name (or --model, one of viar_jax.released.NAMES). Loading is
+The model is recognised from the file name (or --model, one of viar_jax.io.released.NAMES). Loading is
 safe (`torch.load(weights_only=True)`, memory-mapped) and strict: every unknown key, missing key and
 shape mismatch is listed in one error, before anything is written. `.npz` and `.safetensors` state
 dicts are accepted too. The output directory holds `config.json` and orbax `params/`.
@@ -16,7 +16,7 @@ import time
 import jax
 import numpy as np
 
-from viar_jax import checkpoint, convert, released
+from viar_jax.io import checkpoint, convert, released
 
 
 def convert_file(src: str, dst: str, model: str = None) -> dict:

@@ -15,9 +15,9 @@
 Metrics (`--metrics`, comma-separated):
   digits  class accuracy (the digits classifier's agreement with the requested class) and digits-FID
           against the held-out test split, with the train-vs-test digits-FID as the real-data floor
-          (viar_jax.digits_eval; 8x8 images only).
+          (viar_jax.eval.digits_eval; 8x8 images only).
   adm     FID / sFID / Inception Score / precision / recall as the ADM evaluator computes them
-          (viar_jax.metrics on viar_jax.inception features). A reference batch with only statistics
+          (viar_jax.eval.metrics on viar_jax.eval.inception features). A reference batch with only statistics
           (no `arr_0` images) gives FID and sFID but no precision / recall.
 
 The sampling flags (--classes, --per_class, --batch, --cfg, --top_k, --top_p, --iters, --cache, --tol,
@@ -34,7 +34,9 @@ import numpy as np
 from absl import app, flags
 
 from launch import sample as sample_cli  # defines the sampling flags reused here
-from viar_jax import checkpoint, digits_eval, inception, metrics, sampler
+from viar_jax.eval import digits_eval, inception, metrics
+from viar_jax.io import checkpoint
+from viar_jax.sample import sampler
 
 METRICS = ('digits', 'adm')
 DEFAULT_OUT = 'out/evaluate'

@@ -13,7 +13,7 @@ decreasing ramp solvers.iteration_schedule(L, R, K)), per_iteration KV cache (th
 VAR row (skipped when --var_dir is empty). Every row samples the same labels (--per_class of each
 digit) with the same keys, batch and sampling settings (the digits config's: cfg 1.5, no top-k /
 top-p), and reports
-  digits-FID       against the held-out test split (viar_jax.digits_eval); as the floor, real train
+  digits-FID       against the held-out test split (viar_jax.eval.digits_eval); as the floor, real train
                    digits of the same count and class balance;
   class accuracy   the digits classifier's agreement with the requested class;
   images/s         --batch / the median wall time of the sampler calls after a warm-up call (every
@@ -38,7 +38,10 @@ from absl import app, flags
 from PIL import Image, ImageDraw, ImageFont
 
 from launch import benchmark
-from viar_jax import checkpoint, digits_eval, png, sampler, solvers, transformer, vqvae
+from viar_jax.eval import digits_eval
+from viar_jax.io import checkpoint, png
+from viar_jax.models import solvers, transformer, vqvae
+from viar_jax.sample import sampler
 
 DEFAULT_SCHEDULES = ('1', '2', '4', '6', '8', '10', '10->2')
 MIB = 2**20

@@ -24,7 +24,9 @@ import numpy as np
 from absl import app, flags
 from tqdm import tqdm
 
-from viar_jax import checkpoint, png, sampler, solvers, vqvae
+from viar_jax.io import checkpoint, png
+from viar_jax.models import solvers, vqvae
+from viar_jax.sample import sampler
 
 flags.DEFINE_string('vae_ckpt', None, 'tokenizer checkpoint directory (launch.convert)')
 flags.DEFINE_string('model_ckpt', None, 'VAR / VIAR checkpoint directory (launch.convert)')

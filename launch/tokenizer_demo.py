@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from viar_jax import convert, png, reference_config, vqvae
+from viar_jax.io import convert, png, reference_config
+from viar_jax.models import vqvae
 
 
 def main():

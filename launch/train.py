@@ -23,8 +23,10 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from launch import train_tokenizer
-from viar_jax import (checkpoint, optim, png, progressive, run_io, sampler, sharding, trainer,
-                      transformer, vqvae)
+from viar_jax.io import checkpoint, png
+from viar_jax.models import transformer, vqvae
+from viar_jax.sample import sampler
+from viar_jax.train import optim, progressive, run_io, sharding, trainer
 from viar_jax import data as data_lib
 
 config_flags.DEFINE_config_file('config', 'configs/digits.py', 'training config file')

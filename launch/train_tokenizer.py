@@ -25,7 +25,10 @@ import optax
 from absl import app, flags
 from ml_collections import config_flags
 
-from viar_jax import checkpoint, discriminator, lpips, png, run_io, tokenizer_trainer, vqvae
+from viar_jax.eval import lpips
+from viar_jax.io import checkpoint, png
+from viar_jax.models import discriminator, vqvae
+from viar_jax.train import run_io, tokenizer_trainer
 from viar_jax import data as data_lib
 
 FLAGS = flags.FLAGS

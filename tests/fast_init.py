@@ -3,7 +3,7 @@ test only needs some weights, not the reference initialisation."""
 import jax
 import numpy as np
 
-from viar_jax import checkpoint
+from viar_jax.io import checkpoint
 
 
 def random_params(config, seed: int = 0, std: float = 0.1):

@@ -9,7 +9,8 @@ from typing import Dict, List
 
 import numpy as np
 
-from viar_jax import reference_config, vqvae
+from viar_jax.io import reference_config
+from viar_jax.models import vqvae
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
 

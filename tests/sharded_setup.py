@@ -3,7 +3,8 @@ import jax
 import numpy as np
 
 import fast_init
-from viar_jax import optim, sharding, trainer, transformer, vqvae
+from viar_jax.models import transformer, vqvae
+from viar_jax.train import optim, sharding, trainer
 
 STEPS, BATCH = 3, 8
 

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 import fixture_sets
-from viar_jax import convert, vqvae
+from viar_jax.io import convert
+from viar_jax.models import vqvae
 import jax.numpy as jnp
 
 SET = fixture_sets.discover()[0]

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from viar_jax import digits_eval
+from viar_jax.eval import digits_eval
 
 
 def classifier_cache_dir(request, tmp_path_factory):

@@ -7,7 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from viar_jax import discriminator, tokenizer_trainer, vqvae
+from viar_jax.models import discriminator, vqvae
+from viar_jax.train import tokenizer_trainer
 
 VAE = vqvae.VQVAEConfig(vocab_size=32, z_channels=4, ch=32, ch_mult=(1, 2), num_res_blocks=1,
                         image_size=16, patch_nums=(1, 2, 4, 8))

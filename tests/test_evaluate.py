@@ -8,7 +8,10 @@ from absl import flags
 import fast_init
 from launch import evaluate
 from launch import quality_curve
-from viar_jax import checkpoint, digits_eval, sampler, transformer, vqvae
+from viar_jax.eval import digits_eval
+from viar_jax.io import checkpoint
+from viar_jax.models import transformer, vqvae
+from viar_jax.sample import sampler
 
 pytestmark = pytest.mark.usefixtures('fast_compiles')  # plumbing, not numerics
 

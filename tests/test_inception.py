@@ -6,7 +6,8 @@ small preprocessing jit.
 import numpy as np
 import pytest
 
-from viar_jax import convert, inception
+from viar_jax.eval import inception
+from viar_jax.io import convert
 
 
 def _fabricated_state_dict(spec, seed=0):

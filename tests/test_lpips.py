@@ -11,8 +11,11 @@ import pytest
 
 from configs import digits
 from launch import train_tokenizer
-from viar_jax import convert, discriminator, lpips, tokenizer_trainer
-from viar_jax.trainer import TrainState
+from viar_jax.eval import lpips
+from viar_jax.io import convert
+from viar_jax.models import discriminator
+from viar_jax.train import tokenizer_trainer
+from viar_jax.train.trainer import TrainState
 
 
 def compile_fast(fn, *args):

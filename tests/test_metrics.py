@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy import special
 
-from viar_jax import metrics
+from viar_jax.eval import metrics
 
 
 def _random_spd(rng, d, scale=1.0):

@@ -7,7 +7,9 @@ import numpy as np
 import optax
 import pytest
 
-from viar_jax import convert, optim, transformer
+from viar_jax.io import convert
+from viar_jax.models import transformer
+from viar_jax.train import optim
 
 
 def reference_lr(kind, peak, step, warmup, total, wp0, wpe):

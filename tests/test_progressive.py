@@ -8,7 +8,8 @@ import optax
 import pytest
 
 import fast_init
-from viar_jax import progressive, trainer, transformer, vqvae
+from viar_jax.models import transformer, vqvae
+from viar_jax.train import progressive, trainer
 
 
 def reference_prog_si(g_it, *, pg, pg0, wp_it, max_it, num_scales):

@@ -6,7 +6,9 @@ import pytest
 
 import fast_init
 from launch import convert as convert_cli
-from viar_jax import checkpoint, convert, released, sampler, transformer, vqvae
+from viar_jax.io import checkpoint, convert, released
+from viar_jax.models import transformer, vqvae
+from viar_jax.sample import sampler
 
 pytestmark = pytest.mark.usefixtures('fast_compiles')  # plumbing, not numerics
 

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from viar_jax import resample
+from viar_jax.models import resample
 
 
 @pytest.mark.parametrize('n_in,n_out', [(16, 13), (16, 5), (16, 1), (13, 16), (7, 3), (4, 4)])

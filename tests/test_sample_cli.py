@@ -8,7 +8,9 @@ import pytest
 
 import fast_init
 from launch import sample as sample_cli
-from viar_jax import checkpoint, png, sampler, transformer, vqvae
+from viar_jax.io import checkpoint, png
+from viar_jax.models import transformer, vqvae
+from viar_jax.sample import sampler
 
 pytestmark = pytest.mark.usefixtures('fast_compiles')  # plumbing, not numerics
 

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 import fixture_sets
-from viar_jax import convert, reference_config, sampler, transformer, vqvae
+from viar_jax.io import convert, reference_config
+from viar_jax.models import transformer, vqvae
+from viar_jax.sample import sampler
 
 
 def test_top_k_keeps_ties_and_top_p_never_drops_the_top_token():

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 import fixture_sets
-from viar_jax import convert, reference_config, sampler, transformer, vqvae
+from viar_jax.io import convert, reference_config
+from viar_jax.models import transformer, vqvae
+from viar_jax.sample import sampler
 
 
 def cases():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import sharded_setup
-from viar_jax import sharding
+from viar_jax.train import sharding
 
 
 @pytest.fixture(scope='module')

@@ -6,7 +6,9 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from viar_jax import convert, optim, sharding, transformer
+from viar_jax.io import convert
+from viar_jax.models import transformer
+from viar_jax.train import optim, sharding
 
 SMALL = dict(embed_dim=128, num_heads=1, num_classes=10, patch_nums=(1, 2), vocab_size=16,
              z_channels=4)

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from viar_jax import solvers
+from viar_jax.models import solvers
 
 B, D = 3, 16
 sg = jax.lax.stop_gradient

@@ -9,7 +9,10 @@ import pytest
 from configs import digits
 from launch import train as train_cli
 from launch import train_tokenizer
-from viar_jax import checkpoint, released, run_io, tensorboard, transformer, vqvae
+from viar_jax import tensorboard
+from viar_jax.io import checkpoint, released
+from viar_jax.models import transformer, vqvae
+from viar_jax.train import run_io
 
 pytestmark = pytest.mark.usefixtures('fast_compiles')  # plumbing, not numerics
 

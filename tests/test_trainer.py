@@ -8,7 +8,8 @@ import optax
 import pytest
 
 import fast_init
-from viar_jax import tokenizer_trainer, trainer, transformer, vqvae
+from viar_jax.models import transformer, vqvae
+from viar_jax.train import tokenizer_trainer, trainer
 
 VAE = vqvae.VQVAEConfig(vocab_size=32, z_channels=4, ch=32, ch_mult=(1, 2), num_res_blocks=1,
                         image_size=8, patch_nums=(1, 2, 4))

@@ -6,7 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from viar_jax import convert, profiling, transformer
+from viar_jax import profiling
+from viar_jax.io import convert
+from viar_jax.models import transformer
 
 TINY = dict(depth=4, embed_dim=64, num_heads=1, num_classes=10, patch_nums=(1, 2, 3, 4),
             vocab_size=64, z_channels=8)

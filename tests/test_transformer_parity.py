@@ -6,7 +6,9 @@ import pytest
 from flax import traverse_util
 
 import fixture_sets
-from viar_jax import convert, profiling, reference_config, transformer
+from viar_jax import profiling
+from viar_jax.io import convert, reference_config
+from viar_jax.models import transformer
 
 SETS = fixture_sets.discover()
 CASES = [(s, m) for s in SETS for m in ('var', 'viar') if (s / f'{m}.npz').exists()]

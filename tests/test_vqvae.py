@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from viar_jax import convert, quantizer, vqvae
+from viar_jax.io import convert
+from viar_jax.models import quantizer, vqvae
 
 TINY = vqvae.VQVAEConfig(vocab_size=32, z_channels=4, ch=32, ch_mult=(1, 2), num_res_blocks=1,
                          image_size=8, patch_nums=(1, 2, 4))

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import fixture_sets
-from viar_jax import convert, resample, vqvae
+from viar_jax.io import convert
+from viar_jax.models import resample, vqvae
 
 SETS = fixture_sets.discover()
 

@@ -4,7 +4,7 @@ from typing import Dict
 import jax
 import jax.numpy as jnp
 
-from viar_jax import transformer
+from viar_jax.models import transformer
 
 
 def compiled_memory(fn, *args, **jit_kwargs) -> Dict[str, int]:

@@ -5,7 +5,7 @@ Latents f, f̂ are (B, n, n, z_channels) with n = image_size / 2^(len(ch_mult) -
 Token maps are a list over scales of (B, pn_k²) int32, row-major (w fastest).
 
     vae = VQVAE(VQVAEConfig())
-    params = vae.init(key, img)['params']                      # or viar_jax.convert
+    params = vae.init(key, img)['params']                      # or viar_jax.io.convert
     idx = vae.apply({'params': params}, img, method=VQVAE.img_to_idx)
 """
 import dataclasses
@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from viar_jax import quantizer, vae_nets
+from viar_jax.models import quantizer, vae_nets
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from viar_jax import progressive, transformer, vqvae
+from viar_jax.models import transformer, vqvae
+from viar_jax.train import progressive
 
 
 @flax.struct.dataclass

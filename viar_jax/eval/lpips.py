@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from viar_jax import convert
+from viar_jax.io import convert
 
 # ScalingLayer: ImageNet mean/std expressed for inputs in [-1, 1].
 SHIFT = (-.030, -.088, -.188)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from viar_jax import blocks, solvers
+from viar_jax.models import blocks, solvers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,7 +202,7 @@ class Transformer(nn.Module):
     """One implicit iteration F(z) = Block(P([z; x]), c)."""
     return self.implicit_block(self.implicit_proj(z_BLC, x_BLC), cond, mask_LS, deterministic, cache)
 
-  # --- KV-cached inference (see viar_jax.sampler) ---------------------------------------------------
+  # --- KV-cached inference (see viar_jax.sample.sampler) ---------------------------------------------------
 
   def sample_first(self, labels_B):
     """-> (SOS tokens (B, 1, C) in the compute dtype, class embedding cond_BD, block condition)."""

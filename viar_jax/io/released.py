@@ -8,7 +8,7 @@
 """
 from typing import Dict, Union
 
-from viar_jax import transformer, vqvae
+from viar_jax.models import transformer, vqvae
 
 PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 PATCH_NUMS_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)

@@ -9,7 +9,7 @@ trained with the hinge loss, and a generator term disc_weight · λ · (-mean D(
 adaptive λ = ‖∇_W L_rec‖ / (‖∇_W L_adv‖ + 1e-4), W = the decoder's `conv_out` kernel. Both switch on
 at `disc_start_step`.
 
-Optional perceptual loss: perceptual_weight · mean LPIPS(x, x̂) (`viar_jax.lpips`, VGG16), added to
+Optional perceptual loss: perceptual_weight · mean LPIPS(x, x̂) (`viar_jax.eval.lpips`, VGG16), added to
 the reconstruction loss (so in the GAN step it also enters λ's numerator, as in taming's VQGAN). Its
 params come from user-supplied files (`lpips.load_params`) and are passed to the step as a frozen
 argument: not trained, not in the optimizer state. It needs images with a side of at least
@@ -23,8 +23,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from viar_jax import discriminator, lpips, vqvae
-from viar_jax.trainer import TrainState
+from viar_jax.eval import lpips
+from viar_jax.models import discriminator, vqvae
+from viar_jax.train.trainer import TrainState
 
 
 def create_state(vae: vqvae.VQVAE, optimizer: optax.GradientTransformation, key) -> TrainState:

@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from viar_jax import convert, transformer, vqvae
+from viar_jax.io import convert
+from viar_jax.models import transformer, vqvae
 
 KINDS = {'vqvae': vqvae.VQVAEConfig, 'transformer': transformer.TransformerConfig}
 

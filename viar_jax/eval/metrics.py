@@ -1,7 +1,7 @@
 """ADM-evaluator image metrics (FID, sFID, Inception Score, improved precision/recall) in numpy.
 
 Reproduces `evaluations/evaluator.py` of openai/guided-diffusion (the "ADM evaluator" that VAR and
-VIAR report with) on feature arrays; the features themselves come from `viar_jax.inception`.
+VIAR report with) on feature arrays; the features themselves come from `viar_jax.eval.inception`.
 Everything is computed in float64 (ADM runs in float32, and its distances in float16 when finite).
 
 Usage:

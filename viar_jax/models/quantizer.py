@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from viar_jax import resample
+from viar_jax.models import resample
 
 HIGHEST = jax.lax.Precision.HIGHEST
 

@@ -1,6 +1,6 @@
 """Digits quality harness: a small CNN classifier for class accuracy and a digits-FID.
 
-    from viar_jax import digits_eval
+    from viar_jax.eval import digits_eval
     acc = digits_eval.class_accuracy(images_N88x3_uint8, requested_labels)  # classifier agreement
     fid = digits_eval.digits_fid(images_N88x3_uint8)  # vs the 297 held-out test digits
     floor = digits_eval.reference_fid()  # train split vs test split (real vs real)
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from viar_jax import metrics
+from viar_jax.eval import metrics
 from viar_jax import data as data_lib
 
 VERSION = 'cnn-v1'  # bump whenever the architecture or the training recipe changes

@@ -27,7 +27,7 @@ Outputs (`InceptionOutputs`):
 
 Preprocessing (`preprocess`), two modes:
   'pytorch_fid'            x in [0, 1] (uint8 / 255), PyTorch bilinear resize to 299 with
-                           align_corners=False (half-pixel centres, `viar_jax.resample`), 2x - 1.
+                           align_corners=False (half-pixel centres, `viar_jax.models.resample`), 2x - 1.
   'tf1' (default)          what the ADM TF graph does to its [0, 255] input: TF1 ResizeBilinear
                            (align_corners=False *without* half-pixel centres:
                            source = out * in/out), then (x - 128) / 128. It matches ADM
@@ -49,7 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from viar_jax import convert, resample
+from viar_jax.io import convert
+from viar_jax.models import resample
 
 FID_WEIGHTS_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
                    'pt_inception-2015-12-05-6726825d.pth')

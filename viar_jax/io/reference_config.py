@@ -5,7 +5,7 @@ Lets a fixture set (or a converted checkpoint described the same way) be rebuilt
 """
 from typing import Mapping
 
-from viar_jax import vqvae
+from viar_jax.models import vqvae
 
 
 def vqvae_config(cfg: Mapping) -> vqvae.VQVAEConfig:

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from viar_jax import resample, solvers, transformer, vqvae
+from viar_jax.models import resample, solvers, transformer, vqvae
 
 CACHE_MODES = ('per_iteration', 'final_iterate')
 

@@ -1,0 +1,1 @@
+"""Evaluation: ADM metrics, FID Inception, LPIPS, the digits quality harness."""

@@ -1,0 +1,1 @@
+"""Checkpoints and formats: PyTorch conversion, orbax checkpoints, released configs, images."""

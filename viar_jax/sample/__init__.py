@@ -1,0 +1,1 @@
+"""Next-scale generation: the KV-cached sampler, iteration schedules, editing."""

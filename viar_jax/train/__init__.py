@@ -1,0 +1,1 @@
+"""Training: pure train steps, optimizer, sharding, progressive schedule, run I/O."""
