@@ -11,8 +11,7 @@ width 128), and writes sample grids with one row per class to `<workdir>/samples
 import ml_collections
 
 
-def get_config(arg=None):
-  del arg
+def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.workdir = 'out/digits'
   c.seed = 0
@@ -20,7 +19,6 @@ def get_config(arg=None):
   c.data = ml_collections.ConfigDict()
   c.data.name = 'digits'  # 'digits', 'folder' (class subfolders in data_dir), or a TFDS name
   c.data.data_dir = ml_collections.config_dict.placeholder(str)  # default ~/.cache/viar_jax/tfds
-  c.data.image_size = 8
   c.data.hflip = False  # digits are not mirror-symmetric
 
   c.tokenizer = ml_collections.ConfigDict()

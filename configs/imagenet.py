@@ -1,34 +1,53 @@
-"""Shared ImageNet-256 recipe of VAR / VIAR (VAR.md §4, VIAR.md §2); the model files pick from it.
+"""ImageNet-256 VAR / VIAR with the reference's recipes (VAR.md §4, VIAR.md §2), one preset each.
+
+    python -m launch.train --config configs/imagenet.py:var_d16 --config.data.data_dir=<tfds data dir>
+    python -m launch.train --config configs/imagenet.py:viar_d30 --config.data.data_dir=<tfds data dir>
+
+Presets: var_d16, var_d20, var_d24, var_d30, viar_d30 and viar_d16 (a smaller VIAR, not released).
+Architectures and recipes (batch, epochs, tblr, wpe, final weight decay) come from the one table in
+viar_jax/io/released.py.
 
 Data: ImageNet prepared by the user as a TFDS array_record dataset (`imagenet2012`, read with
 `tfds.data_source`, no TensorFlow needed), or `folder` with --config.data.data_dir=<root of class
-folders>. The frozen tokenizer is the converted `vae_ch160v4096z32.pth` (launch.convert).
+folders>. The frozen tokenizer is the converted `vae_ch160v4096z32.pth`:
+`python -m launch.convert --src vae_ch160v4096z32.pth --dst ckpt/vae`. Expect the reference's
+numbers only at full scale (multi-host TPU/GPU).
 """
+import dataclasses
+
 import ml_collections
 
 from configs import digits
+from viar_jax.io import released
+
+# config.model keys (overridable from the command line); the tokenizer supplies patch_nums,
+# vocab_size and z_channels.
+MODEL_KEYS = ('depth', 'embed_dim', 'num_heads', 'num_classes', 'implicit', 'pre_depth', 'post_depth',
+              'shared_aln', 'no_grad_iters_range', 'with_grad_iters_range', 'eval_iters',
+              'aln_gamma_init', 'cond_drop_rate')
 
 
-def imagenet_config(*, depth, batch_size, epochs, tblr, aln_gamma_init, wpe, twde=None,
-                    implicit=False, pre_depth=5, post_depth=5, shared_aln=False, image_size=256):
+def get_config(preset: str = None) -> ml_collections.ConfigDict:
+  """`preset` is one of released.RECIPES, given after the file name: configs/imagenet.py:var_d16."""
+  if preset not in released.RECIPES:
+    raise ValueError(f'configs/imagenet.py needs a preset, e.g. configs/imagenet.py:var_d16; got '
+                     f'{preset!r}, expected one of {released.RECIPES}')
+  model, recipe = released.config(preset), released.recipe(preset)
   c = digits.get_config()
-  c.workdir = f'out/{"viar" if implicit else "var"}_d{depth}'
+  c.workdir = f'out/{preset}'
   c.data.name = 'imagenet2012'
-  c.data.image_size = image_size
-  c.tokenizer.ckpt = 'ckpt/vae'  # python -m launch.convert --src vae_ch160v4096z32.pth --dst ckpt/vae
-  c.model = ml_collections.ConfigDict(dict(
-      depth=depth, embed_dim=64 * depth, num_heads=depth, num_classes=1000, implicit=implicit,
-      pre_depth=pre_depth, post_depth=post_depth, shared_aln=shared_aln,
-      no_grad_iters_range=(0, 10), with_grad_iters_range=(1, 12), eval_iters=10,
-      aln_gamma_init=aln_gamma_init, cond_drop_rate=0.1, dtype='bfloat16'))
-  steps_per_epoch = 1_281_167 // batch_size
-  c.optim.batch_size = batch_size
-  c.optim.steps = epochs * steps_per_epoch
-  c.optim.tblr = tblr
-  c.optim.warmup_steps = max(1, epochs // 50) * steps_per_epoch  # wp = ep/50 epochs
-  c.optim.wpe = wpe
+  c.tokenizer.ckpt = 'ckpt/vae'
+  c.tokenizer.vqvae = dataclasses.asdict(released.tokenizer_config())  # what an empty ckpt trains
+  c.model = ml_collections.ConfigDict({k: getattr(model, k) for k in MODEL_KEYS})
+  c.model.dtype = 'bfloat16'
+  steps_per_epoch = released.IMAGENET_TRAIN_IMAGES // recipe.batch_size
+  c.optim.batch_size = recipe.batch_size
+  c.optim.steps = recipe.epochs * steps_per_epoch
+  c.optim.tblr = recipe.tblr
+  c.optim.warmup_steps = max(1, recipe.epochs // 50) * steps_per_epoch  # wp = ep/50 epochs
+  c.optim.wpe = recipe.wpe
   c.optim.twd = 0.05
-  c.optim.twde = twde
+  c.optim.twde = recipe.twde
   c.optim.pg0 = 4
   c.mesh.fsdp = 8
   c.log_every, c.ckpt_every, c.sample_every = 100, 5000, 10000

@@ -12,218 +12,49 @@
         --inception_weights pt_inception-2015-12-05-6726825d.pth \
         --ref_batch VIRTUAL_imagenet256_labeled.npz
 
-Metrics (`--metrics`, comma-separated):
-  digits  class accuracy (the digits classifier's agreement with the requested class) and digits-FID
-          against the held-out test split, with the train-vs-test digits-FID as the real-data floor
-          (viar_jax.eval.digits_eval; 8x8 images only).
-  adm     FID / sFID / Inception Score / precision / recall as the ADM evaluator computes them
-          (viar_jax.eval.metrics on viar_jax.eval.inception features). A reference batch with only statistics
-          (no `arr_0` images) gives FID and sFID but no precision / recall.
-
-The sampling flags (--classes, --per_class, --batch, --cfg, --top_k, --top_p, --iters, --cache, --tol,
---solver, --seed, --more_smooth) are launch.sample's, with its defaults (note top_k 900 / top_p 0.96,
-the ImageNet settings; the digits demo samples with --top_k 0 --top_p 0). Writes `<out>/metrics.json`
-(default out/evaluate) and prints a markdown table.
+Metrics (`--metrics`, comma-separated): `digits` (class accuracy, digits-FID; 8x8 images) and `adm`
+(FID / sFID / IS / precision / recall); see viar_jax.eval.evaluate. The sampling flags (--classes,
+--per_class, --batch, --cfg, --top_k, --top_p, --iters, --cache, --tol, --solver, --seed,
+--more_smooth) are launch.sample's, with its defaults (note top_k 900 / top_p 0.96, the ImageNet
+settings; the digits demo samples with --top_k 0 --top_p 0). Writes `<out>/metrics.json` (default
+out/evaluate) and prints a markdown table.
 """
-import json
-import pathlib
-import time
-from typing import Dict, Optional, Sequence
-
-import numpy as np
 from absl import app, flags
 
-from launch import sample as sample_cli  # defines the sampling flags reused here
-from viar_jax.eval import digits_eval, inception, metrics
-from viar_jax.io import checkpoint
-from viar_jax.sample import sampler
+from viar_jax.eval import digits_eval, evaluate
+from viar_jax.sample import pair, sampling_flags
 
-METRICS = ('digits', 'adm')
-DEFAULT_OUT = 'out/evaluate'
-
-flags.DEFINE_string('samples', None, '.npz with arr_0 uint8 (N, H, W, 3) images and arr_1 labels; '
-                    'if unset, sample from --vae_ckpt / --model_ckpt')
-flags.DEFINE_list('metrics', ['digits'], f'metric groups to compute, of {METRICS}')
-flags.DEFINE_string('inception_weights', None,
-                    'FID Inception weights (pytorch-fid .pth / .npz) for adm')
-flags.DEFINE_string('ref_batch', None, 'ADM reference batch .npz (images and/or statistics) for adm')
-flags.DEFINE_integer('inception_batch', 100, 'images per Inception call')
-flags.DEFINE_string('digits_data_dir', None, 'TFDS dir of the digits dataset (default: its cache)')
-flags.DEFINE_integer('classifier_seed', 0, 'seed of the cached digits classifier')
-
-
-def load_samples(path, need_labels: bool = True):
-  """-> (images uint8 (N, H, W, 3), labels (N,) int32 or None) from an ADM-style .npz."""
-  path = pathlib.Path(path)
-  if not path.exists():
-    raise FileNotFoundError(f'samples file not found: {path}')
-  with np.load(path) as z:
-    if 'arr_0' not in z.files:
-      raise ValueError(f'{path} has no arr_0 images (keys: {z.files})')
-    images = z['arr_0']
-    labels = z['arr_1'] if 'arr_1' in z.files else None
-  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-    raise ValueError(f'{path}: arr_0 must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}')
-  if need_labels and labels is None:
-    raise ValueError(f'{path} has no arr_1 labels; class accuracy needs the requested class of every '
-                     'image')
-  if labels is not None and labels.shape != (len(images),):
-    raise ValueError(f'{path}: arr_1 must hold one label per image, got shape {labels.shape} for '
-                     f'{len(images)} images')
-  return images, None if labels is None else labels.astype(np.int32)
-
-
-def check_metric_names(names: Sequence[str]) -> tuple:
-  names = tuple(dict.fromkeys(n.strip() for n in names if n.strip()))
-  unknown = [n for n in names if n not in METRICS]
-  if unknown or not names:
-    raise ValueError(f'--metrics must name some of {METRICS}, got {list(names) or "nothing"}')
-  return names
-
-
-def digits_metrics(images, labels, evaluator: digits_eval.DigitsEvaluator) -> Dict[str, float]:
-  """Class accuracy, digits-FID vs the test split, and the real-data references."""
-  test_images, test_labels = digits_eval.load_split('test', evaluator.data_dir)
-  return {'class_accuracy': evaluator.class_accuracy(images, labels),
-          'digits_fid': evaluator.fid(images),
-          'reference_fid_train_vs_test': evaluator.reference_fid(),
-          'classifier_test_accuracy': evaluator.class_accuracy(test_images, test_labels),
-          'classifier': f'{digits_eval.VERSION} seed {evaluator.seed}'}
-
-
-def adm_metrics(images, embed, reference: Dict[str, np.ndarray], seed: int = 0) -> Dict[str, float]:
-  """ADM's metrics of `images` against a `metrics.load_reference` dict, features from `embed`.
-
-  `embed(images) -> (pool, spatial, logits)`, e.g. `inception.make_embedder(params)`.
-  """
-  pool, spatial, logits = embed(images)
-  splits = min(10, len(images))  # ADM's 10 splits; fewer for tiny smoke-test batches
-  if 'images' in reference:
-    ref_pool, ref_spatial, _ = embed(reference['images'])
-    return metrics.adm_metrics(pool, spatial, logits, ref_pool=ref_pool, ref_spatial=ref_spatial,
-                               ref_stats=reference, splits=splits, seed=seed)
-  is_mean, is_std = metrics.inception_score(logits, splits=splits, seed=seed, from_logits=True)
-  return {'fid': metrics.frechet_distance(*metrics.feature_stats(pool), reference['mu'],
-                                          reference['sigma']),
-          'sfid': metrics.frechet_distance(*metrics.feature_stats(spatial), reference['mu_s'],
-                                           reference['sigma_s']),
-          'inception_score': is_mean, 'inception_score_std': is_std,
-          'precision': None, 'recall': None}  # need reference images, not just statistics
-
-
-def sampled_image_size(vae_ckpt, model_ckpt) -> int:
-  """Side of the images `launch.sample.generate` makes: finest token grid x tokenizer downsampling."""
-  read = lambda d: checkpoint.config_from_json(
-      json.loads((pathlib.Path(d) / 'config.json').read_text()))
-  return read(model_ckpt).patch_nums[-1] * read(vae_ckpt).downsample
-
-
-def check_adm_inputs(inception_weights: Optional[str], ref_batch: Optional[str]) -> None:
-  """Fails before any sampling when the adm metrics cannot be computed."""
-  if not inception_weights:
-    raise ValueError('--metrics adm needs --inception_weights: pytorch-fid\'s '
-                     f'pt_inception-2015-12-05-6726825d.pth ({inception.FID_WEIGHTS_URL}); nothing '
-                     'is downloaded automatically')
-  if not ref_batch:
-    raise ValueError('--metrics adm needs --ref_batch, an ADM reference batch .npz (e.g. '
-                     'VIRTUAL_imagenet256_labeled.npz)')
-  for flag, path in (('--inception_weights', inception_weights), ('--ref_batch', ref_batch)):
-    if not pathlib.Path(path).exists():
-      raise FileNotFoundError(f'{flag} {path} does not exist')
-
-
-def evaluate(images, labels, metric_names: Sequence[str], *,
-             digits_evaluator: Optional[digits_eval.DigitsEvaluator] = None,
-             inception_weights: Optional[str] = None, ref_batch: Optional[str] = None,
-             inception_batch: int = 100, seed: int = 0) -> Dict[str, Dict]:
-  """{'digits': {...}, 'adm': {...}} for the requested metric groups."""
-  metric_names = check_metric_names(metric_names)
-  results = {}
-  if 'digits' in metric_names:
-    if labels is None:
-      raise ValueError('digits metrics need the requested labels of the images')
-    evaluator = digits_evaluator or digits_eval.get_evaluator()
-    results['digits'] = digits_metrics(images, labels, evaluator)
-  if 'adm' in metric_names:
-    check_adm_inputs(inception_weights, ref_batch)
-    embed = inception.make_embedder(inception.load_fid_inception(inception_weights),
-                                    batch_size=inception_batch, progress=True)
-    results['adm'] = adm_metrics(images, embed, metrics.load_reference(ref_batch), seed)
-  return results
-
-
-def format_table(results: Dict[str, Dict]) -> str:
-  lines = ['| metric | value |', '|---|---|']
-  for group, values in results.items():
-    for name, value in values.items():
-      shown = f'{value:.4f}' if isinstance(value, float) else str(value)
-      lines.append(f'| {group}/{name} | {shown} |')
-  return '\n'.join(lines)
-
-
-def run(out, metric_names: Sequence[str], *, samples: Optional[str] = None, sample_args=None,
-        digits_evaluator: Optional[digits_eval.DigitsEvaluator] = None,
-        inception_weights: Optional[str] = None, ref_batch: Optional[str] = None,
-        inception_batch: int = 100, seed: int = 0) -> Dict:
-  """Reads `samples` or, if None, calls `launch.sample.generate(**sample_args, out=out)` first.
-
-  sample_args: vae_ckpt, model_ckpt, classes, per_class, batch, options, seed.
-  Writes `<out>/metrics.json`, prints the table, returns what it wrote.
-  """
-  metric_names = check_metric_names(metric_names)
-  if 'adm' in metric_names:  # fail before spending time on sampling
-    check_adm_inputs(inception_weights, ref_batch)
-  if samples is None and sample_args and 'digits' in metric_names:
-    size = sampled_image_size(sample_args['vae_ckpt'], sample_args['model_ckpt'])
-    if size != digits_eval.IMAGE_SIZE:
-      raise ValueError(f'digits metrics need {digits_eval.IMAGE_SIZE}x{digits_eval.IMAGE_SIZE} '
-                       f'images; {sample_args["model_ckpt"]} samples {size}x{size}')
-  out = pathlib.Path(out)
-  t0 = time.perf_counter()
-  if samples is None:
-    if not sample_args:
-      raise ValueError('give a samples .npz or the checkpoints to sample from')
-    samples = sample_cli.generate(**sample_args, out=out)['npz']
-    source = {'vae_ckpt': str(sample_args['vae_ckpt']), 'model_ckpt': str(sample_args['model_ckpt']),
-              'options': dict(sample_args['options'].__dict__), 'seed': sample_args['seed']}
-  else:
-    source = {'samples': str(samples)}
-  images, labels = load_samples(samples, need_labels='digits' in metric_names)
-  results = evaluate(images, labels, metric_names, digits_evaluator=digits_evaluator,
-                     inception_weights=inception_weights, ref_batch=ref_batch,
-                     inception_batch=inception_batch, seed=seed)
-  report = {'source': source, 'num_images': int(len(images)),
-            'image_shape': list(images.shape[1:]), 'metrics': results,
-            'seconds': round(time.perf_counter() - t0, 2)}
-  out.mkdir(parents=True, exist_ok=True)
-  (out / 'metrics.json').write_text(json.dumps(report, indent=1))
-  print(f'{len(images)} images from {source.get("samples") or source["model_ckpt"]}\n\n'
-        f'{format_table(results)}\n\nwrote {out / "metrics.json"}')
-  return report
+sampling_flags.define()
+_SAMPLES = flags.DEFINE_string('samples', None, '.npz with arr_0 uint8 (N, H, W, 3) images and arr_1 '
+                               'labels; if unset, sample from --vae_ckpt / --model_ckpt')
+_METRICS = flags.DEFINE_list('metrics', ['digits'],
+                             f'metric groups to compute, of {evaluate.METRICS}')
+_INCEPTION_WEIGHTS = flags.DEFINE_string('inception_weights', None,
+                                         'FID Inception weights (pytorch-fid .pth / .npz) for adm')
+_REF_BATCH = flags.DEFINE_string('ref_batch', None,
+                                 'ADM reference batch .npz (images and/or statistics) for adm')
+_INCEPTION_BATCH = flags.DEFINE_integer('inception_batch', 100, 'images per Inception call')
+_DIGITS_DATA_DIR = flags.DEFINE_string('digits_data_dir', None,
+                                       'TFDS dir of the digits dataset (default: its cache)')
+_CLASSIFIER_SEED = flags.DEFINE_integer('classifier_seed', 0, 'seed of the cached digits classifier')
+_OUT = flags.DEFINE_string('out', 'out/evaluate', 'output directory (samples too, when sampling)')
 
 
 def main(argv):
   del argv
   f = flags.FLAGS
-  out = f.out if f['out'].present else DEFAULT_OUT  # launch.sample's default is out/samples
   sample_args = None
-  if not f.samples:
+  if not _SAMPLES.value:
     if not f.vae_ckpt or not f.model_ckpt:
       raise app.UsageError('give --samples file.npz, or --vae_ckpt and --model_ckpt to sample from')
-    cfg = checkpoint.config_from_json(
-        json.loads((pathlib.Path(f.model_ckpt) / 'config.json').read_text()))
-    options = sampler.SampleOptions(
-        cfg=f.cfg, top_k=f.top_k, top_p=f.top_p, more_smooth=f.more_smooth,
-        iters=sample_cli.parse_iters(f.iters, len(cfg.patch_nums)), tol=f.tol, solver=f.solver,
-        cache_mode=f.cache)
-    sample_args = dict(vae_ckpt=f.vae_ckpt, model_ckpt=f.model_ckpt, classes=f.classes,
-                       per_class=f.per_class, batch=f.batch, options=options, seed=f.seed)
+    _, cfg = pair.configs(f.vae_ckpt, f.model_ckpt)
+    sample_args = sampling_flags.generate_args(sampling_flags.options(len(cfg.patch_nums)))
   evaluator = None
-  if 'digits' in check_metric_names(f.metrics):
-    evaluator = digits_eval.get_evaluator(f.classifier_seed, data_dir=f.digits_data_dir)
-  run(out, f.metrics, samples=f.samples, sample_args=sample_args, digits_evaluator=evaluator,
-      inception_weights=f.inception_weights, ref_batch=f.ref_batch,
-      inception_batch=f.inception_batch, seed=f.seed)
+  if 'digits' in evaluate.check_metric_names(_METRICS.value):
+    evaluator = digits_eval.get_evaluator(_CLASSIFIER_SEED.value, data_dir=_DIGITS_DATA_DIR.value)
+  evaluate.run(_OUT.value, _METRICS.value, samples=_SAMPLES.value, sample_args=sample_args,
+               digits_evaluator=evaluator, inception_weights=_INCEPTION_WEIGHTS.value,
+               ref_batch=_REF_BATCH.value, inception_batch=_INCEPTION_BATCH.value, seed=f.seed)
 
 
 if __name__ == '__main__':

@@ -4,363 +4,45 @@
     python -m launch.train --config configs/digits.py --config.model.implicit=False \
         --config.tokenizer.ckpt=out/digits/tokenizer --workdir out/digits_var
     python -m launch.quality_curve --viar_dir out/digits --var_dir out/digits_var \
-        [--per_class 100] [--schedules 1,2,4,6,8,10,10-2] [--batch 100] [--out out/quality_curve]
+        [--per_class 100] [--schedules '1 2 4 6 8 10 10,2'] [--batch 100] [--out out/quality_curve]
 
-Each training workdir holds a `model/` checkpoint and, unless it was trained with
-`--config.tokenizer.ckpt`, a `tokenizer/` one; a VAR workdir without one uses the VIAR's. Rows: VIAR
-with n implicit iterations at every scale for each n in --schedules (`L-R` or `L->R` is the
-decreasing ramp solvers.iteration_schedule(L, R, K)), per_iteration KV cache (the reference); then one
-VAR row (skipped when --var_dir is empty). Every row samples the same labels (--per_class of each
-digit) with the same keys, batch and sampling settings (the digits config's: cfg 1.5, no top-k /
-top-p), and reports
-  digits-FID       against the held-out test split (viar_jax.eval.digits_eval); as the floor, real train
-                   digits of the same count and class balance;
-  class accuracy   the digits classifier's agreement with the requested class;
-  images/s         --batch / the median wall time of the sampler calls after a warm-up call (every
-                   batch of the run, at least --repeats calls), outputs blocked on;
-  memory           XLA's compiled memory of the sampler (temp + argument + output - aliased), on
-                   every backend; where the device counts it, also its running peak in bytes.
-Writes quality_curve.md, quality_curve.json, quality_curve.png (digits-FID vs images/s) and one
-sample grid per row under grids/ in --out. Flags are defined only when run as a script, so this module
-can be imported next to launch.sample (whose flag names it shares).
+One VIAR row per schedule in --schedules (space-separated; each `n` at every scale, `L,R` a linear
+ramp, or one count per scale), then a VAR row (none when --var_dir is empty): digits-FID, class
+accuracy, images/s and compiled memory. Writes quality_curve.md, .json, .png and grids/ under --out
+(viar_jax.eval.quality_curve).
 """
-import dataclasses
-import json
-import pathlib
-import statistics
-import time
-from typing import Dict, List, Optional, Sequence, Tuple
-
-import jax
-import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
-from PIL import Image, ImageDraw, ImageFont
 
-from launch import benchmark
-from viar_jax.eval import digits_eval
-from viar_jax.io import checkpoint, png
-from viar_jax.models import solvers, transformer, vqvae
-from viar_jax.sample import sampler
+from viar_jax.eval import digits_eval, quality_curve
 
-DEFAULT_SCHEDULES = ('1', '2', '4', '6', '8', '10', '10->2')
-MIB = 2**20
-
-
-@dataclasses.dataclass(frozen=True)
-class RowSpec:
-  """VIAR with per-scale iteration counts `iters`, or VAR (iters None)."""
-  model: str
-  schedule: str  # as shown: '4' (uniform), '10->2' (ramp), '-' for VAR
-  iters: Optional[Tuple[int, ...]] = None
-
-
-def parse_schedule(text: str, num_scales: int) -> Tuple[str, Tuple[int, ...]]:
-  """'n' -> n at every scale; 'L->R' or 'L-R' -> iteration_schedule(L, R, K). -> (label, iters)."""
-  parts = text.strip().replace('->', '-').split('-')
-  try:
-    counts = [int(p) for p in parts]
-  except ValueError:
-    counts = []
-  if len(counts) == 1 and counts[0] >= 1:
-    return str(counts[0]), (counts[0],) * num_scales
-  if len(counts) == 2 and min(counts) >= 1:
-    return f'{counts[0]}->{counts[1]}', solvers.iteration_schedule(counts[0], counts[1], num_scales)
-  raise ValueError(f'bad schedule {text!r}: expected n (uniform, n >= 1) or L->R / L-R (a ramp)')
-
-
-def row_specs(schedules: Sequence[str], num_scales: int, with_var: bool) -> List[RowSpec]:
-  if not schedules:
-    raise ValueError('no VIAR schedules given')
-  rows = [RowSpec('VIAR', *parse_schedule(s, num_scales)) for s in schedules]
-  return rows + ([RowSpec('VAR', '-')] if with_var else [])
-
-
-# --- models ---------------------------------------------------------------------------------------
-
-
-def load_run(workdir, implicit: bool, tokenizer_dir=None):
-  """-> (vae, vae_params, model, params) from a training workdir's model/ and tokenizer/ (or
-  `tokenizer_dir`)."""
-  workdir = pathlib.Path(workdir)
-  vae_cfg, vae_params = checkpoint.load(tokenizer_dir or workdir / 'tokenizer')
-  cfg, params = checkpoint.load(workdir / 'model')
-  if not isinstance(vae_cfg, vqvae.VQVAEConfig) or not isinstance(cfg, transformer.TransformerConfig):
-    raise ValueError(f'{workdir}: tokenizer/ must hold a VQ-VAE and model/ a transformer')
-  if cfg.implicit != implicit:
-    want, got = ('VIAR', 'VAR') if implicit else ('VAR', 'VIAR')
-    raise ValueError(f'{workdir}/model is a {got} checkpoint, expected {want} (swapped --viar_dir '
-                     '/ --var_dir?)')
-  if vae_cfg.patch_nums != cfg.patch_nums:  # the tokenizer CNN is resolution-agnostic
-    vae_cfg = vqvae.VQVAEConfig(**{**vae_cfg.__dict__, 'patch_nums': cfg.patch_nums,
-                                   'image_size': cfg.patch_nums[-1] * vae_cfg.downsample})
-  size = cfg.patch_nums[-1] * vae_cfg.downsample
-  if size != digits_eval.IMAGE_SIZE or cfg.num_classes != digits_eval.NUM_CLASSES:
-    raise ValueError(f'{workdir}: the digits metrics need {digits_eval.IMAGE_SIZE}x'
-                     f'{digits_eval.IMAGE_SIZE} images of {digits_eval.NUM_CLASSES} classes; this '
-                     f'run makes {size}x{size} images of {cfg.num_classes} classes')
-  return vqvae.VQVAE(vae_cfg), vae_params, transformer.Transformer(cfg), params
-
-
-# --- one row --------------------------------------------------------------------------------------
-
-
-def sample_row(spec: RowSpec, run, labels: np.ndarray, batch: int, options: Dict, seed: int,
-               repeats: int) -> Tuple[np.ndarray, Dict]:
-  """Samples all `labels` with one compiled sampler; -> (uint8 images, timing and memory facts)."""
-  vae, vae_params, model, params = run
-  opts = sampler.SampleOptions(**options, iters=spec.iters, cache_mode='per_iteration')
-  sample = sampler.make_sampler(vae, model, opts)
-  chunks = []
-  for i in range(0, len(labels), batch):
-    chunk = labels[i:i + batch]
-    padded = np.pad(chunk, (0, batch - len(chunk)), mode='edge')  # one compiled shape for all
-    chunks.append((len(chunk), (vae_params, params, jax.random.fold_in(jax.random.PRNGKey(seed), i),
-                                jnp.asarray(padded))))
-  compiled, compile_s, memory = benchmark.compile_sampler(sample, chunks[0][1])
-  call = lambda args: jax.block_until_ready(compiled(*args)).images  # all outputs done
-  images = [np.asarray(call(chunks[0][1]))[:chunks[0][0]]]  # the warm-up call, untimed
-  times = []
-  for n, args in chunks[1:]:
-    t0 = time.perf_counter()
-    out = call(args)
-    times.append(time.perf_counter() - t0)
-    images.append(np.asarray(out)[:n])
-  while len(times) < repeats:  # short runs: time the first batch again
-    t0 = time.perf_counter()
-    call(chunks[0][1])
-    times.append(time.perf_counter() - t0)
-  seconds = statistics.median(times)
-  images = png.to_uint8(np.concatenate(images), (0.0, 1.0))
-  return images, {'compile_s': compile_s, 'times_s': times, 'seconds_per_batch': seconds,
-                  'images_per_s': batch / seconds, 'compiled_memory': memory,
-                  'memory_bytes': memory['total'], 'device_peak_bytes': benchmark.device_peak_bytes()}
-
-
-def row_slug(spec: RowSpec) -> str:
-  return 'var' if spec.model == 'VAR' else 'viar_' + spec.schedule.replace('->', '_to_')
-
-
-def real_reference(evaluator: digits_eval.DigitsEvaluator, per_class: int) -> Dict:
-  """What real digits score: the floor of the curve.
-
-  train_subset_fid: the first `per_class` train digits of every class (all of a class if it has
-  fewer) against the test split, i.e. the sample count and class balance of the rows, since
-  FID's small-sample bias is of the same order as the differences between rows.
-  """
-  train_images, train_labels = digits_eval.load_split('train', evaluator.data_dir)
-  test_images, test_labels = digits_eval.load_split('test', evaluator.data_dir)
-  subset = np.concatenate([np.flatnonzero(train_labels == c)[:per_class]
-                           for c in range(digits_eval.NUM_CLASSES)])
-  return {'train_subset_fid': evaluator.fid(train_images[subset]),
-          'train_subset_size': int(len(subset)),
-          'train_vs_test_fid': evaluator.fid(train_images),
-          'train_subset_accuracy': evaluator.class_accuracy(train_images[subset],
-                                                            train_labels[subset]),
-          'test_accuracy': evaluator.class_accuracy(test_images, test_labels)}
-
-
-# --- report ---------------------------------------------------------------------------------------
-
-
-def format_table(rows: List[Dict]) -> str:
-  var = next((r for r in rows if r['model'] == 'VAR'), None)
-  header = ['model', 'schedule', 'iterations per scale', 'digits-FID', 'class acc', 'images/s',
-            'x VAR', 'memory MiB (XLA compiled)', 'x VAR', 'compile s']
-  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-  for r in rows:
-    ratio = lambda key: f'{r[key] / var[key]:.2f}' if var else '-'
-    cells = [r['model'], r['schedule'], ','.join(map(str, r['iters'])) if r['iters'] else '-',
-             f'{r["digits_fid"]:.2f}', f'{r["class_accuracy"]:.3f}', f'{r["images_per_s"]:.1f}',
-             ratio('images_per_s'), f'{r["memory_bytes"] / MIB:.2f}', ratio('memory_bytes'),
-             f'{r["compile_s"]:.1f}']
-    lines.append('| ' + ' | '.join(cells) + ' |')
-  return '\n'.join(lines)
-
-
-def write_report(out: pathlib.Path, rows: List[Dict], settings: Dict, reference: Dict) -> None:
-  header = (f'backend {jax.default_backend()} ({jax.devices()[0].device_kind}); '
-            f'{settings["num_images"]} images ({settings["per_class"]} per class), batch '
-            f'{settings["batch"]}, seed {settings["seed"]}, cfg {settings["options"]["cfg"]}, top_k '
-            f'{settings["options"]["top_k"]}, top_p {settings["options"]["top_p"]}, VIAR cache '
-            f'per_iteration; classifier {digits_eval.VERSION} seed {settings["classifier_seed"]}')
-  notes = [f'Real digits against the test split: {reference["train_subset_size"]} train digits (the '
-           f'rows\' count and class balance) digits-FID {reference["train_subset_fid"]:.2f} (the '
-           f'floor), '
-           f'the whole train split {reference["train_vs_test_fid"]:.2f}; classifier accuracy '
-           f'{reference["test_accuracy"]:.3f} on the test split.',
-           f'images/s: batch / median wall time of the sampler calls after a warm-up call (at least '
-           f'{settings["repeats"]} timed calls); memory: XLA compiled temp + argument + output bytes '
-           f'of the sampler, params included.',
-           'digits-FID is biased upwards at small sample counts: compare rows of one run only.']
-  (out / 'quality_curve.md').write_text(
-      f'# Digits quality vs compute\n\n{header}\n\n{format_table(rows)}\n\n' +
-      '\n'.join(f'* {n}' for n in notes) + '\n')
-  (out / 'quality_curve.json').write_text(json.dumps(
-      {'backend': jax.default_backend(), 'device': jax.devices()[0].device_kind,
-       'settings': settings, 'reference': reference, 'rows': rows}, indent=1))
-
-
-# --- plot (PIL: matplotlib is not a dependency) ---------------------------------------------------
-
-
-def _ticks(lo: float, hi: float, count: int = 5) -> List[float]:
-  """At least two round tick values (steps of 1, 2 or 5 x 10^e) covering [lo, hi]."""
-  raw = (hi - lo) / count if hi > lo else max(abs(hi), 1.0) / count
-  unit = 10.0**np.floor(np.log10(raw))
-  step = next(m * unit for m in (1, 2, 5, 10) if m * unit >= raw)
-  first = np.floor(lo / step) * step
-  n = max(int(np.ceil((hi - first) / step - 1e-9)), 1)
-  return [float(first + i * step) for i in range(n + 1)]
-
-
-def write_plot(path: pathlib.Path, rows: List[Dict],
-               floor_fid: Optional[float] = None) -> pathlib.Path:
-  """digits-FID (y) vs images/s (x): VIAR points joined in throughput order, VAR a red square."""
-  width, height, left, right, top, bottom = 900, 600, 80, 30, 50, 70
-  font, small = ImageFont.load_default(size=15), ImageFont.load_default(size=12)
-  xs = [r['images_per_s'] for r in rows]
-  ys = [r['digits_fid'] for r in rows] + ([floor_fid] if floor_fid is not None else [])
-  x_ticks = _ticks(min(xs) * 0.9 if len(set(xs)) > 1 else 0.0, max(xs) * 1.1)
-  y_ticks = _ticks(0.0, max(ys) * 1.1)
-  x0, x1, y0, y1 = x_ticks[0], x_ticks[-1], y_ticks[0], y_ticks[-1]
-  px = lambda x: left + (x - x0) / (x1 - x0) * (width - left - right)
-  py = lambda y: height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)
-
-  img = Image.new('RGB', (width, height), 'white')
-  d = ImageDraw.Draw(img)
-  d.rectangle([left, top, width - right, height - bottom], outline='black')
-  for x in x_ticks:
-    d.line([px(x), height - bottom, px(x), height - bottom + 5], fill='black')
-    d.text((px(x), height - bottom + 8), f'{x:g}', fill='black', font=small, anchor='mt')
-  for y in y_ticks:
-    d.line([left - 5, py(y), left, py(y)], fill='black')
-    d.line([left, py(y), width - right, py(y)], fill=(230, 230, 230))
-    d.text((left - 8, py(y)), f'{y:g}', fill='black', font=small, anchor='rm')
-  d.text((width / 2, height - 20), 'images / s', fill='black', font=font, anchor='mm')
-  d.text((12, top - 28), 'digits-FID (lower is better)', fill='black', font=font, anchor='lm')
-  if floor_fid is not None:
-    for x in range(left, width - right, 12):
-      d.line([x, py(floor_fid), min(x + 6, width - right), py(floor_fid)], fill='gray')
-    d.text((width - right - 4, py(floor_fid) - 4), 'real train digits', fill='gray', font=small,
-           anchor='rb')
-
-  viar = sorted((r for r in rows if r['model'] == 'VIAR'), key=lambda r: r['images_per_s'])
-  blue, red = (31, 119, 180), (214, 39, 40)
-  if len(viar) > 1:
-    d.line([(px(r['images_per_s']), py(r['digits_fid'])) for r in viar], fill=blue, width=2)
-  for r in viar:
-    x, y = px(r['images_per_s']), py(r['digits_fid'])
-    d.ellipse([x - 5, y - 5, x + 5, y + 5], fill=blue)
-    d.text((x + 8, y - 8), r['schedule'], fill=blue, font=small, anchor='lb')
-  for r in rows:
-    if r['model'] == 'VAR':
-      x, y = px(r['images_per_s']), py(r['digits_fid'])
-      d.rectangle([x - 6, y - 6, x + 6, y + 6], fill=red)
-      d.text((x + 9, y - 8), 'VAR', fill=red, font=small, anchor='lb')
-  legend_x = width - right - 190
-  d.ellipse([legend_x, top + 12, legend_x + 10, top + 22], fill=blue)
-  d.text((legend_x + 16, top + 17), 'VIAR (iterations / scale)', fill='black', font=small,
-         anchor='lm')
-  d.rectangle([legend_x, top + 30, legend_x + 10, top + 40], fill=red)
-  d.text((legend_x + 16, top + 35), 'VAR', fill='black', font=small, anchor='lm')
-  path.parent.mkdir(parents=True, exist_ok=True)
-  img.save(path)
-  return path
-
-
-# --- driver ---------------------------------------------------------------------------------------
-
-
-def run(viar_dir, var_dir, out, per_class: int = 100, schedules: Sequence[str] = DEFAULT_SCHEDULES,
-        batch: int = 100, cfg: float = 1.5, top_k: int = 0, top_p: float = 0.0, seed: int = 0,
-        repeats: int = 3, evaluator: Optional[digits_eval.DigitsEvaluator] = None) -> List[Dict]:
-  """The whole curve: prints per-row progress, writes the report under `out`, returns the rows."""
-  if per_class < 1 or batch < 1 or repeats < 1:
-    raise ValueError(f'per_class, batch and repeats must be >= 1, got {per_class}, {batch}, '
-                     f'{repeats}')
-  start = time.perf_counter()
-  out = pathlib.Path(out)
-  runs = {'VIAR': load_run(viar_dir, implicit=True)}
-  if var_dir:
-    tokenizer = pathlib.Path(var_dir) / 'tokenizer'
-    if not tokenizer.exists():  # trained with --config.tokenizer.ckpt: the shared tokenizer
-      tokenizer = pathlib.Path(viar_dir) / 'tokenizer'
-      print(f'{var_dir} has no tokenizer/: the VAR uses {tokenizer}', flush=True)
-    runs['VAR'] = load_run(var_dir, implicit=False, tokenizer_dir=tokenizer)
-  num_scales = len(runs['VIAR'][2].config.patch_nums)
-  specs = row_specs(schedules, num_scales, with_var='VAR' in runs)
-  evaluator = evaluator or digits_eval.get_evaluator()
-  reference = real_reference(evaluator, per_class)
-  labels = np.repeat(np.arange(digits_eval.NUM_CLASSES, dtype=np.int32), per_class)
-  options = {'cfg': cfg, 'top_k': top_k, 'top_p': top_p}
-  print(f'{len(specs)} rows x {len(labels)} images (batch {batch}); real digits-FID floor '
-        f'{reference["train_subset_fid"]:.2f} ({reference["train_subset_size"]} train digits)',
-        flush=True)
-
-  rows = []
-  for i, spec in enumerate(specs, 1):
-    t0 = time.perf_counter()
-    images, facts = sample_row(spec, runs[spec.model], labels, batch, options, seed, repeats)
-    row = {'model': spec.model, 'schedule': spec.schedule,
-           'iters': list(spec.iters) if spec.iters else None,
-           'digits_fid': evaluator.fid(images),
-           'class_accuracy': evaluator.class_accuracy(images, labels),
-           **facts}
-    shown = images.reshape(digits_eval.NUM_CLASSES, per_class, *images.shape[1:])[:, :10]
-    row['grid'] = str(png.write_png(out / 'grids' / f'{row_slug(spec)}.png',
-                                    png.grid(shown.reshape(-1, *images.shape[1:]),
-                                             cols=shown.shape[1], zoom=4)))
-    rows.append(row)
-    print(f'[{i}/{len(specs)}] {spec.model} {spec.schedule}: digits-FID {row["digits_fid"]:.2f}, '
-          f'class acc {row["class_accuracy"]:.3f}, {row["images_per_s"]:.1f} images/s, memory '
-          f'{row["memory_bytes"] / MIB:.2f} MiB, compile {row["compile_s"]:.1f} s, row '
-          f'{time.perf_counter() - t0:.1f} s, elapsed {time.perf_counter() - start:.0f} s',
-          flush=True)
-
-  settings = {'viar_dir': str(viar_dir), 'var_dir': str(var_dir) if var_dir else None,
-              'per_class': per_class, 'num_images': int(len(labels)), 'batch': batch, 'seed': seed,
-              'repeats': repeats, 'options': options, 'classifier_seed': evaluator.seed}
-  out.mkdir(parents=True, exist_ok=True)
-  write_report(out, rows, settings, reference)
-  write_plot(out / 'quality_curve.png', rows, reference['train_subset_fid'])
-  print(f'\n{format_table(rows)}\n\nwrote {out}/quality_curve.md, .json, .png and grids/ in '
-        f'{time.perf_counter() - start:.0f} s')
-  return rows
-
-
-def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-  fv = dict(flag_values=flag_values)
-  flags.DEFINE_string('viar_dir', 'out/digits', 'VIAR training workdir (model/ and tokenizer/)', **fv)
-  flags.DEFINE_string('var_dir', 'out/digits_var', 'VAR training workdir; empty = no VAR row', **fv)
-  flags.DEFINE_integer('per_class', 100, 'samples per digit (10 classes)', **fv)
-  flags.DEFINE_list('schedules', list(DEFAULT_SCHEDULES),
-                    'VIAR rows: n = n iterations at every scale, L-R (or "L->R") = a decreasing ramp',
-                    **fv)
-  flags.DEFINE_integer('batch', 100, 'images per sampler call (the same for every row)', **fv)
-  flags.DEFINE_float('cfg', 1.5, 'classifier-free guidance (ramped over scales)', **fv)
-  flags.DEFINE_integer('top_k', 0, 'top-k filtering (0 = off)', **fv)
-  flags.DEFINE_float('top_p', 0.0, 'top-p filtering (0 = off)', **fv)
-  flags.DEFINE_integer('seed', 0, 'PRNG seed (the same keys for every row)', **fv)
-  flags.DEFINE_integer('repeats', 3, 'minimum number of timed sampler calls per row', **fv)
-  flags.DEFINE_integer('classifier_seed', 0, 'seed of the cached digits classifier', **fv)
-  flags.DEFINE_string('digits_data_dir', None, 'TFDS dir of the digits dataset (default: its cache)',
-                      **fv)
-  flags.DEFINE_string('out', 'out/quality_curve', 'output directory', **fv)
-
-
-def run_from_flags(f: flags.FlagValues) -> List[Dict]:
-  evaluator = digits_eval.get_evaluator(f.classifier_seed, data_dir=f.digits_data_dir)
-  return run(f.viar_dir, f.var_dir, f.out, per_class=f.per_class, schedules=f.schedules,
-             batch=f.batch, cfg=f.cfg, top_k=f.top_k, top_p=f.top_p, seed=f.seed, repeats=f.repeats,
-             evaluator=evaluator)
+_VIAR_DIR = flags.DEFINE_string('viar_dir', 'out/digits',
+                                'VIAR training workdir (model/ and tokenizer/)')
+_VAR_DIR = flags.DEFINE_string('var_dir', 'out/digits_var', 'VAR training workdir; empty = no VAR row')
+_PER_CLASS = flags.DEFINE_integer('per_class', 100, 'samples per digit (10 classes)')
+_SCHEDULES = flags.DEFINE_spaceseplist(
+    'schedules', list(quality_curve.DEFAULT_SCHEDULES),
+    'VIAR rows, space-separated: n = n iterations at every scale, L,R = a linear ramp, or one '
+    'count per scale')
+_BATCH = flags.DEFINE_integer('batch', 100, 'images per sampler call (the same for every row)')
+_CFG = flags.DEFINE_float('cfg', 1.5, 'classifier-free guidance (ramped over scales)')
+_TOP_K = flags.DEFINE_integer('top_k', 0, 'top-k filtering (0 = off)')
+_TOP_P = flags.DEFINE_float('top_p', 0.0, 'top-p filtering (0 = off)')
+_SEED = flags.DEFINE_integer('seed', 0, 'PRNG seed (the same keys for every row)')
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'minimum number of timed sampler calls per row')
+_CLASSIFIER_SEED = flags.DEFINE_integer('classifier_seed', 0, 'seed of the cached digits classifier')
+_DIGITS_DATA_DIR = flags.DEFINE_string('digits_data_dir', None,
+                                       'TFDS dir of the digits dataset (default: its cache)')
+_OUT = flags.DEFINE_string('out', 'out/quality_curve', 'output directory')
 
 
 def main(argv):
   del argv
-  run_from_flags(flags.FLAGS)
+  evaluator = digits_eval.get_evaluator(_CLASSIFIER_SEED.value, data_dir=_DIGITS_DATA_DIR.value)
+  quality_curve.run(_VIAR_DIR.value, _VAR_DIR.value, _OUT.value, per_class=_PER_CLASS.value,
+                    schedules=_SCHEDULES.value, batch=_BATCH.value, cfg=_CFG.value,
+                    top_k=_TOP_K.value, top_p=_TOP_P.value, seed=_SEED.value,
+                    repeats=_REPEATS.value, evaluator=evaluator)
 
 
 if __name__ == '__main__':
-  define_flags()
   app.run(main)

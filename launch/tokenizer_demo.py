@@ -2,59 +2,22 @@
 
     python -m launch.tokenizer_demo [--fixture_dir tests/fixtures/reference_small] [--out out/tokenizer]
 
-Converts the fixture's PyTorch VQ-VAE state dict, tokenizes its images, decodes the running f̂ of every
-scale, prints the errors against the official PyTorch outputs, and writes a PNG: one row per image,
-input then the decoded image after each scale (coarse to fine).
+Prints the per-scale token agreement and f̂ / image errors against the official PyTorch outputs and
+writes `<out>/scales.png` (viar_jax.eval.tokenizer_round_trip).
 """
-import argparse
-import functools
-import json
-import pathlib
-import time
+from absl import app, flags
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+from viar_jax.eval import tokenizer_round_trip
 
-from viar_jax.io import convert, png, reference_config
-from viar_jax.models import vqvae
+_FIXTURE_DIR = flags.DEFINE_string('fixture_dir', 'tests/fixtures/reference_small',
+                                   'a reference fixture set (config.json + vqvae.npz)')
+_OUT = flags.DEFINE_string('out', 'out/tokenizer', 'output directory')
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--fixture_dir', default='tests/fixtures/reference_small')
-  parser.add_argument('--out', default='out/tokenizer')
-  args = parser.parse_args()
-  fixture = pathlib.Path(args.fixture_dir)
-  cfg = reference_config.vqvae_config(json.loads((fixture / 'config.json').read_text()))
-  with np.load(fixture / 'vqvae.npz') as z:
-    data = {k: z[k] for k in z.files}
-  img = jnp.asarray(data['in/img'].transpose(0, 2, 3, 1))
-  model = vqvae.VQVAE(cfg)
-  params = convert.convert_state_dict(
-      {k[3:]: v for k, v in data.items() if k.startswith('sd/')}, convert.abstract_params(model, img))
-  call = lambda method, *a: jax.jit(functools.partial(model.apply, method=method))({'params': params}, *a)
-
-  t0 = time.perf_counter()
-  idx = call(vqvae.VQVAE.img_to_idx, img)
-  fhats = call(vqvae.VQVAE.idx_to_fhats, idx)
-  decoded = [call(vqvae.VQVAE.fhat_to_img, f) for f in fhats]
-  jax.block_until_ready(decoded)
-  print(f'tokenized and decoded {img.shape[0]} images of {cfg.image_size}px at {len(idx)} scales '
-        f'in {time.perf_counter() - t0:.1f}s (incl. compile)')
-  for k, i in enumerate(idx):
-    same = int(np.sum(np.asarray(i) == data[f'out/idx_{k}']))
-    print(f'  scale {k} ({cfg.patch_nums[k]}x{cfg.patch_nums[k]}): tokens identical to PyTorch '
-          f'{same}/{i.size}, f̂ max abs err '
-          f'{np.abs(np.asarray(fhats[k]) - data[f"out/fhat_{k}"].transpose(0, 2, 3, 1)).max():.2e}')
-  err = np.abs(np.asarray(decoded[-1]) - data['out/recon'].transpose(0, 2, 3, 1)).max()
-  print(f'  decoded image max abs err vs PyTorch: {err:.2e}')
-  rows = [np.concatenate([np.asarray(img)[b:b + 1]] + [np.asarray(d)[b:b + 1] for d in decoded])
-          for b in range(img.shape[0])]
-  path = png.write_png(pathlib.Path(args.out) / 'scales.png',
-                       png.grid(png.to_uint8(np.concatenate(rows)), cols=len(decoded) + 1))
-  print(f'wrote {path}')
+def main(argv):
+  del argv
+  tokenizer_round_trip.run(_FIXTURE_DIR.value, _OUT.value)
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

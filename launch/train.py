@@ -2,235 +2,33 @@
 
     python -m launch.train --config configs/digits.py
     python -m launch.train --config configs/digits.py --config.optim.steps=3000 --workdir out/run2
+    python -m launch.train --config configs/imagenet.py:viar_d30 --config.data.data_dir=<tfds dir>
 
 Single host or multi-host (`jax.distributed.initialize()` runs when JAX_COORDINATOR_ADDRESS or
 --multihost is set); params and optimizer state are sharded over a (data, fsdp) mesh, the batch over
-both axes. A run resumes from the latest checkpoint in its workdir; SIGTERM saves and exits.
+both axes. A run resumes from the latest checkpoint in its workdir; SIGTERM saves and exits
+(viar_jax.train.loop).
 """
-import dataclasses
-import json
 import os
-import pathlib
-import shutil
-import signal
-import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
-from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from launch import train_tokenizer
-from viar_jax.io import checkpoint, png
-from viar_jax.models import transformer, vqvae
-from viar_jax.sample import sampler
-from viar_jax.train import optim, progressive, run_io, sharding, trainer
-from viar_jax import data as data_lib
+from viar_jax.train import loop
 
-config_flags.DEFINE_config_file('config', 'configs/digits.py', 'training config file')
-flags.DEFINE_string('workdir', None, 'overrides config.workdir')
-flags.DEFINE_bool('multihost', False, 'call jax.distributed.initialize() (auto under a launcher)')
-
-
-def model_config(c, vae_cfg: vqvae.VQVAEConfig) -> transformer.TransformerConfig:
-  """The transformer config: the model section, with scales/vocabulary taken from the tokenizer."""
-  fields = {f.name for f in dataclasses.fields(transformer.TransformerConfig)}
-  kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in c.model.to_dict().items()}
-  unknown = set(kwargs) - fields
-  if unknown:
-    raise ValueError(f'config.model has unknown fields {sorted(unknown)}')
-  for k in ('patch_nums', 'vocab_size', 'z_channels'):
-    if k in kwargs and tuple(np.atleast_1d(kwargs[k])) != tuple(np.atleast_1d(getattr(vae_cfg, k))):
-      raise ValueError(f'config.model.{k}={kwargs[k]} is inconsistent with the tokenizer '
-                       f'({getattr(vae_cfg, k)})')
-  kwargs.update(patch_nums=vae_cfg.patch_nums, vocab_size=vae_cfg.vocab_size,
-                z_channels=vae_cfg.z_channels)
-  return transformer.TransformerConfig(**kwargs)
-
-
-def check_run_config(c, num_devices: int, process_count: int):
-  """Every config error before any compute."""
-  data, fsdp = c.mesh.data, c.mesh.fsdp
-  data = num_devices // fsdp if data == -1 else data
-  if data * fsdp != num_devices:
-    raise ValueError(f'mesh data={c.mesh.data} x fsdp={fsdp} does not cover the {num_devices} devices')
-  if c.optim.batch_size % (data * fsdp) or c.optim.batch_size % process_count:
-    raise ValueError(f'global batch {c.optim.batch_size} is not divisible by the mesh size '
-                     f'{data * fsdp} and the process count {process_count}')
-  if c.tokenizer.ckpt and not pathlib.Path(c.tokenizer.ckpt, 'config.json').exists():
-    raise FileNotFoundError(f'tokenizer checkpoint {c.tokenizer.ckpt} not found (config.json missing)')
-  progressive_schedule(c, len(tokenizer_config(c).patch_nums))  # validates pg / pg0
-  return data, fsdp
-
-
-def tokenizer_config(c) -> vqvae.VQVAEConfig:
-  """The tokenizer's config: from its checkpoint, or the one launch.train_tokenizer will train."""
-  if c.tokenizer.ckpt:
-    blob = json.loads(pathlib.Path(c.tokenizer.ckpt, 'config.json').read_text())
-    return checkpoint.config_from_json(blob)
-  return train_tokenizer.vqvae_config(c)
-
-
-def progressive_schedule(c, num_scales: int) -> progressive.Schedule:
-  o = c.optim
-  ramp = o.get('pg_ramp_steps')
-  return progressive.Schedule(
-      fraction=o.get('pg', 0.0), first_stage=o.get('pg0', 0), warmup_steps=o.warmup_steps,
-      ramp_steps=o.steps / 300 if ramp is None else ramp, total_steps=o.steps, num_scales=num_scales)
-
-
-def sample_grid(vae, vae_params, model, params, c, step, workdir):
-  n = model.config.num_classes
-  labels = jnp.repeat(jnp.arange(n, dtype=jnp.int32), c.sample.per_class)
-  options = sampler.SampleOptions(cfg=c.sample.cfg, top_k=c.sample.top_k, top_p=c.sample.top_p)
-  out = sampler.make_sampler(vae, model, options)(vae_params, jax.device_get(params),
-                                                   jax.random.PRNGKey(c.seed), labels)
-  images = png.to_uint8(np.asarray(out.images), (0.0, 1.0))
-  path = png.write_png(pathlib.Path(workdir) / f'samples_{step:06d}.png',
-                       png.grid(images, cols=c.sample.per_class, zoom=max(1, 64 // images.shape[1])))
-  print(f'wrote {path} (one row per class)', flush=True)
-  return path
-
-
-def export_model(directory: pathlib.Path, params, config):
-  """The final params as a plain checkpoint (launch.sample / launch.evaluate read it); replaces an
-  earlier export only once the new one is complete."""
-  if jax.process_count() > 1:
-    params = multihost_utils.process_allgather(params)  # global arrays; every process takes part
-  params = jax.device_get(params)
-  if jax.process_index() != 0:
-    return
-  staging = directory.with_name(directory.name + '.tmp')
-  shutil.rmtree(staging, ignore_errors=True)
-  checkpoint.save(staging, params, config)
-  shutil.rmtree(directory, ignore_errors=True)
-  staging.rename(directory)
-  print(f'exported the final model to {directory}', flush=True)
-
-
-def train(c, workdir: str, stop_after: int = None):
-  """Runs (or resumes) the config's training in `workdir`; `stop_after` steps ends early with a
-  checkpoint, like a preemption. Returns (final state, last metrics)."""
-  workdir = pathlib.Path(workdir)
-  process_count, process_index = jax.process_count(), jax.process_index()
-  data_axis, fsdp_axis = check_run_config(c, jax.device_count(), process_count)
-  source = data_lib.open_source(c.data.name, 'train', c.data.data_dir)  # unknown names fail here
-  t_start = time.perf_counter()
-
-  # Tokenizer: given, or trained here first (digits demo).
-  if c.tokenizer.ckpt:
-    vae_cfg, vae_params = checkpoint.load(c.tokenizer.ckpt)
-  else:
-    vae_cfg, vae_params = train_tokenizer.train_or_load(c, workdir / 'tokenizer')
-  vae = vqvae.VQVAE(vae_cfg)
-  model = transformer.Transformer(model_config(c, vae_cfg))
-  mcfg = model.config
-
-  mesh = sharding.make_mesh(data_axis, fsdp_axis)
-  prog = progressive_schedule(c, len(mcfg.patch_nums))
-  lr_kind = f'lin{prog.fraction:g}' if prog.enabled else c.optim.schedule  # as the reference
-  peak_lr = optim.peak_lr_from_tblr(c.optim.tblr, c.optim.batch_size)
-  optimizer = optim.make_optimizer(
-      peak_lr=peak_lr, total_steps=c.optim.steps, warmup_steps=c.optim.warmup_steps,
-      wpe=c.optim.wpe, schedule=lr_kind, twd=c.optim.twd, twde=c.optim.twde,
-      clip_norm=c.optim.clip_norm)
-  replicate = sharding.IMPLICIT_MODULES if c.mesh.replicate_implicit else ()
-  batch_shapes = (jax.ShapeDtypeStruct((c.optim.batch_size, vae_cfg.image_size,
-                                        vae_cfg.image_size, 3), jnp.float32),
-                  jax.ShapeDtypeStruct((c.optim.batch_size,), jnp.int32))
-  compiled_steps = {}
-
-  def compiled_step(stage):
-    """The AOT-compiled train step of a progressive stage (one stage when not progressive)."""
-    if stage not in compiled_steps:
-      step_fn = trainer.sharded_train_step(
-          model, vae, vae_params, optimizer, mesh, replicate=replicate,
-          label_smoothing=c.optim.label_smoothing, stage=stage if prog.enabled else None)[0]
-      compiled = step_fn.lower(state_shapes, *batch_shapes).compile()
-      mem = compiled.memory_analysis()
-      if mem is not None:
-        print(f'train step{f" ({stage.num_scales} scales)" if prog.enabled else ""}: temp '
-              f'{mem.temp_size_in_bytes / 2**20:.1f} MiB, arguments '
-              f'{mem.argument_size_in_bytes / 2**20:.1f} MiB per device', flush=True)
-      compiled_steps[stage] = compiled
-    return compiled_steps[stage]
-
-  _, create, state_sharding, batch_sharding = trainer.sharded_train_step(
-      model, vae, vae_params, optimizer, mesh, replicate=replicate)
-  state_shapes = jax.eval_shape(create, jax.random.PRNGKey(0))
-  print(f'{"VIAR" if mcfg.implicit else "VAR"}: C={mcfg.embed_dim} depth={mcfg.depth} '
-        f'L={mcfg.seq_len}; peak lr {peak_lr:.3g} ({lr_kind}); mesh data={data_axis} '
-        f'fsdp={fsdp_axis} on {jax.device_count()} {jax.default_backend()} devices, '
-        f'{process_count} process(es)')
-  if prog.enabled:
-    print(f'progressive training: scales {prog.first_stage + 1} -> {len(mcfg.patch_nums)} over '
-          f'the first {prog.fraction:g} of the steps, newest-scale ramp {prog.ramp_steps:g} steps')
-  print(sharding.describe(state_shapes.params, sharding.tree_specs(
-      state_shapes.params, mesh, replicate=replicate), mesh), flush=True)
-
-  loader = data_lib.make_loader(
-      source, image_size=vae_cfg.image_size, global_batch_size=c.optim.batch_size, seed=c.seed,
-      train=True, hflip=c.data.hflip, process_index=process_index, process_count=process_count)
-  data_iter = iter(loader)
-
-  ckpt = run_io.RunCheckpointer(workdir, keep=c.ckpt_keep, keep_period=c.ckpt_keep_period)
-  state = create(jax.random.PRNGKey(c.seed))
-  start = ckpt.latest_step()
-  if start is not None:
-    restored = ckpt.restore(start, state)
-    state = jax.device_put(restored['state'], state_sharding)
-    if restored['data'].get('grain'):
-      data_lib.restore_loader(data_iter, restored['data']['grain'].encode())
-    print(f'resumed from step {start}', flush=True)
-  start = start or 0
-  compiled_step(prog.stage(start))  # compile (and print memory) before the first batch
-
-  stop = {'now': False}
-  signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-  log = run_io.MetricLog(workdir, c.optim.steps, c.optim.batch_size)
-  meta = {'config': c.to_dict()}
-  metrics, done = None, start
-  for step in range(start, c.optim.steps):
-    batch = next(data_iter)
-    images = jax.make_array_from_process_local_data(batch_sharding, np.asarray(batch['image']))
-    labels = jax.make_array_from_process_local_data(batch_sharding,
-                                                    np.asarray(batch['label'], np.int32))
-    stage = prog.stage(step)
-    state, metrics = compiled_step(stage)(state, images, labels)
-    done = step + 1
-    if stop_after is not None and done - start >= stop_after:
-      stop['now'] = True
-    if done % c.log_every == 0 or done == c.optim.steps:
-      run_io.check_finite(done, metrics)
-      if prog.enabled:
-        metrics = dict(metrics, prog_scales=stage.num_scales,
-                       prog_weight=progressive.newest_scale_weight(stage, step))
-      log.write(done, metrics)
-    if done % c.ckpt_every == 0 or done == c.optim.steps or stop['now']:
-      run_io.check_finite(done, metrics)
-      ckpt.save(done, state, {'grain': data_lib.loader_state(data_iter).decode()}, meta, force=True)
-    if c.sample_every and (done % c.sample_every == 0 or done == c.optim.steps) and \
-        process_index == 0:
-      sample_grid(vae, vae_params, model, state.params, c, done, workdir)
-    if stop['now']:
-      print(f'stopping early: saved step {done}', flush=True)
-      break
-  ckpt.close()
-  log.close()
-  if done == c.optim.steps:
-    export_model(workdir / 'model', state.params, mcfg)
-  print(f'done in {time.perf_counter() - t_start:.0f}s; workdir {workdir}', flush=True)
-  return state, metrics
+_CONFIG = config_flags.DEFINE_config_file('config', 'configs/digits.py', 'training config file')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'overrides config.workdir')
+_MULTIHOST = flags.DEFINE_bool('multihost', False,
+                               'call jax.distributed.initialize() (auto under a launcher)')
 
 
 def main(argv):
   del argv
-  if flags.FLAGS.multihost or os.environ.get('JAX_COORDINATOR_ADDRESS'):
+  if _MULTIHOST.value or os.environ.get('JAX_COORDINATOR_ADDRESS'):
     jax.distributed.initialize()
-  c = flags.FLAGS.config
-  train(c, flags.FLAGS.workdir or c.workdir)
+  c = _CONFIG.value
+  loop.train(c, _WORKDIR.value or c.workdir)
 
 
 if __name__ == '__main__':

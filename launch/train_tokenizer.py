@@ -1,14 +1,10 @@
-"""Trains the multi-scale VQ-VAE tokenizer (reconstruction L1/L2 + VQ/commitment loss, an optional
-VQGAN-style patch-discriminator loss when config.tokenizer.disc_weight > 0, and an optional LPIPS
-perceptual loss when config.tokenizer.perceptual_weight > 0).
+"""Trains the multi-scale VQ-VAE tokenizer alone (launch.train does this first when
+config.tokenizer.ckpt is empty).
 
     python -m launch.train_tokenizer --config configs/digits.py
 
-Uses `config.tokenizer` (architecture under `vqvae`, steps, batch_size, lr, loss weights) and
-`config.data`. Writes a viar-jax checkpoint to `<workdir>/tokenizer` (usable as
-`--config.tokenizer.ckpt`), logs codebook usage, and writes `reconstructions.png` (input rows above
-their reconstructions).
-
+Writes a viar-jax checkpoint to `<workdir>/tokenizer` (usable as `--config.tokenizer.ckpt`), logs
+codebook usage and writes `reconstructions.png`; see viar_jax.train.tokenizer_loop for the losses.
 The perceptual loss needs user-supplied weights (nothing is downloaded) and images of >= 16 px:
 
     python -m launch.train_tokenizer --config configs/<yours>.py \
@@ -16,115 +12,20 @@ The perceptual loss needs user-supplied weights (nothing is downloaded) and imag
         --config.tokenizer.lpips_vgg=vgg16-397923af.pth --config.tokenizer.lpips_lin=vgg.pth
 """
 import pathlib
-import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-from absl import app, flags
+from absl import app
 from ml_collections import config_flags
 
-from viar_jax.eval import lpips
-from viar_jax.io import checkpoint, png
-from viar_jax.models import discriminator, vqvae
-from viar_jax.train import run_io, tokenizer_trainer
-from viar_jax import data as data_lib
+from viar_jax.train import tokenizer_loop
 
-FLAGS = flags.FLAGS
-
-
-def vqvae_config(c) -> vqvae.VQVAEConfig:
-  kwargs = {k: (tuple(v) if isinstance(v, (list, tuple)) else v)
-            for k, v in dict(c.tokenizer.vqvae).items()}
-  return vqvae.VQVAEConfig(**kwargs)
-
-
-def train_or_load(c, out_dir):
-  """Loads `<out_dir>` if it holds a finished tokenizer, else trains one there."""
-  out_dir = pathlib.Path(out_dir)
-  if (out_dir / 'config.json').exists():
-    print(f'using the tokenizer in {out_dir}', flush=True)
-    return checkpoint.load(out_dir)
-  return train(c, out_dir)
-
-
-def load_perceptual(t, image_size: int):
-  """LPIPS params when t.perceptual_weight > 0, else None; raises on a bad setup before any compute."""
-  weight = t.get('perceptual_weight', 0.0)
-  if weight < 0:
-    raise ValueError(f'config.tokenizer.perceptual_weight must be >= 0, got {weight}')
-  if weight == 0:
-    return None
-  if not t.get('lpips_lin', ''):
-    raise ValueError(
-        f'config.tokenizer.perceptual_weight={weight} needs the LPIPS weights, which are never '
-        f'downloaded: set config.tokenizer.lpips_vgg to {lpips.VGG_SOURCE} and '
-        f'config.tokenizer.lpips_lin to {lpips.LIN_SOURCE}')
-  lpips.check_image_size(image_size, image_size)
-  return lpips.load_params(t.get('lpips_vgg', ''), t.lpips_lin)
-
-
-def train(c, out_dir):
-  cfg = vqvae_config(c)
-  t = c.tokenizer
-  lpips_params = load_perceptual(t, cfg.image_size)  # first: a bad setup fails before compiling
-  perceptual_weight = t.get('perceptual_weight', 0.0)
-  vae = vqvae.VQVAE(cfg)
-  optimizer = optax.chain(
-      optax.clip_by_global_norm(1.0),
-      optax.adamw(optax.warmup_cosine_decay_schedule(0.0, t.lr, max(1, t.steps // 20), t.steps,
-                                                     t.lr * 0.05), b1=0.9, b2=0.95,
-                  weight_decay=0.0))
-  use_gan = t.get('disc_weight', 0.0) > 0
-  if use_gan:  # VQGAN-style patch discriminator (tokenizer_trainer.gan_train_step)
-    disc = discriminator.PatchDiscriminator(ndf=t.disc_ndf, n_layers=t.disc_layers)
-    disc_optimizer = optax.adam(t.disc_lr, b1=0.5, b2=0.9)  # taming's discriminator Adam
-    state = jax.jit(lambda k: tokenizer_trainer.create_gan_state(
-        vae, disc, optimizer, disc_optimizer, k))(jax.random.PRNGKey(c.seed))
-    step_fn = jax.jit(lambda s, x, lp: tokenizer_trainer.gan_train_step(
-        s, x, vae=vae, disc=disc, vae_optimizer=optimizer, disc_optimizer=disc_optimizer,
-        l1_weight=t.l1_weight, l2_weight=t.l2_weight, disc_weight=t.disc_weight,
-        disc_start_step=t.disc_start_step, perceptual_weight=perceptual_weight,
-        lpips_params=lp), donate_argnums=(0,))
-  else:
-    state = jax.jit(lambda k: tokenizer_trainer.create_state(vae, optimizer, k))(
-        jax.random.PRNGKey(c.seed))
-    step_fn = jax.jit(lambda s, x, lp: tokenizer_trainer.train_step(
-        s, x, vae=vae, optimizer=optimizer, l1_weight=t.l1_weight, l2_weight=t.l2_weight,
-        perceptual_weight=perceptual_weight, lpips_params=lp), donate_argnums=(0,))
-  source = data_lib.open_source(c.data.name, 'train', c.data.data_dir)
-  it = iter(data_lib.make_loader(source, image_size=cfg.image_size, global_batch_size=t.batch_size,
-                                 seed=c.seed + 1, train=True, hflip=c.data.hflip,
-                                 process_index=jax.process_index(),
-                                 process_count=jax.process_count()))
-  log = run_io.MetricLog(out_dir, t.steps, t.batch_size, name='tokenizer')
-  t0 = time.perf_counter()
-  for step in range(t.steps):
-    batch = next(it)
-    # The LPIPS params (None when off) are an argument, not a closure: no 60 MB compiled constants.
-    state, metrics = step_fn(state, jnp.asarray(batch['image']), lpips_params)
-    if (step + 1) % max(1, t.steps // 10) == 0 or step + 1 == t.steps:
-      run_io.check_finite(step + 1, metrics)
-      log.write(step + 1, metrics)
-  log.close()
-  params = jax.device_get(state.vae.params if use_gan else state.params)
-  checkpoint.save(out_dir, params, cfg)
-  images = jnp.asarray(next(it)['image'][:8])
-  rec = vae.apply({'params': params}, images, method=vqvae.VQVAE.reconstruct)
-  grid = png.grid(png.to_uint8(np.concatenate([np.asarray(images), np.asarray(rec)])), cols=8,
-                  zoom=max(1, 64 // cfg.image_size))
-  png.write_png(out_dir / 'reconstructions.png', grid)
-  print(f'tokenizer trained in {time.perf_counter() - t0:.0f}s -> {out_dir}', flush=True)
-  return cfg, params
+_CONFIG = config_flags.DEFINE_config_file('config', 'configs/digits.py', 'training config file')
 
 
 def main(argv):
   del argv
-  c = FLAGS.config
-  train(c, pathlib.Path(c.workdir) / 'tokenizer')
+  c = _CONFIG.value
+  tokenizer_loop.train(c, pathlib.Path(c.workdir) / 'tokenizer')
 
 
 if __name__ == '__main__':
-  config_flags.DEFINE_config_file('config', 'configs/digits.py', 'training config file')
   app.run(main)

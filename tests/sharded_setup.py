@@ -2,8 +2,7 @@
 import jax
 import numpy as np
 
-import fast_init
-from viar_jax.models import transformer, vqvae
+from viar_jax.models import factory, transformer, vqvae
 from viar_jax.train import optim, sharding, trainer
 
 STEPS, BATCH = 3, 8
@@ -14,7 +13,7 @@ def run_steps(data: int, fsdp: int, devices=None, replicate=(), process_slice=No
   Returns the losses (and, single-process, the final params)."""
   vae_cfg = vqvae.VQVAEConfig(vocab_size=32, z_channels=4, ch=32, ch_mult=(1, 2), num_res_blocks=1,
                               image_size=8, patch_nums=(1, 2, 4))
-  vae, vae_params = vqvae.VQVAE(vae_cfg), fast_init.random_params(vae_cfg)
+  vae, vae_params = vqvae.VQVAE(vae_cfg), factory.random_params(vae_cfg)
   model = transformer.Transformer(transformer.TransformerConfig(
       depth=4, embed_dim=128, num_heads=2, num_classes=4, patch_nums=vae_cfg.patch_nums,
       vocab_size=32, z_channels=4, implicit=True, pre_depth=1, post_depth=1,

@@ -1,32 +1,57 @@
-"""Smoke test of launch/benchmark.py in --quick mode (tiny VAR / VIAR, compiled in-process)."""
+"""The sampling benchmark (viar_jax.bench.sampling) through launch.benchmark --quick."""
 import json
+import os
+import statistics
+import subprocess
+import sys
 
 import pytest
 
-from launch import benchmark
+from viar_jax.bench import sampling
 
 pytestmark = pytest.mark.usefixtures('fast_compiles')  # plumbing, not numerics
 
 
+@pytest.mark.slow
 def test_quick_benchmark_measures_every_row_and_writes_reports(tmp_path):
   # Two scales instead of --quick's four and one timed call per row: compiling the five samplers is
-  # most of the cost, and the test checks plumbing, not stable throughput numbers.
-  rows = benchmark.run(benchmark.parse_args(
-      ['--quick', '--patch_nums', '1,2', '--repeats', '1', '--out', str(tmp_path)]))
+  # most of the cost, and the test checks plumbing, not stable throughput numbers. A subprocess, so
+  # the launcher's absl flags are exercised too; unoptimised XLA as under `fast_compiles`.
+  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1')
+  subprocess.run([sys.executable, '-m', 'launch.benchmark', '--quick', '--patch_nums', '1,2',
+                  '--repeats', '1', '--noisolate', '--out', str(tmp_path)], check=True, env=env)
+  report = json.loads((tmp_path / 'benchmark.json').read_text())
+  rows, settings = report['rows'], report['settings']
 
   labels = [r['label'] for r in rows]
   assert labels == ['VAR'] + [f'VIAR {s} {m}' for s in ('2->2', '2->1')
                               for m in ('per_iteration', 'final_iterate')]
   for row in rows:
-    assert row['images_per_s'] > 0, row['label']
-    assert row['memory_bytes'] > 0 and row['compiled_total_bytes'] > 0, row['label']
-    assert row['kv_cache']['allocated'] > 0, row['label']
+    assert row['images_per_s'] == pytest.approx(settings['batch'] / statistics.median(row['times_s']))
+    mem = row['compiled_memory']  # without --isolate, memory is XLA's: args + outputs + temp - aliased
+    assert row['memory_bytes'] == row['compiled_total_bytes'] == (
+        mem['argument'] + mem['output'] + mem['temp'] - mem['alias']), row['label']
+    assert mem['argument'] >= row['param_bytes'] > 0, row['label']  # the params are arguments
   by_label = {r['label']: r for r in rows}
+  assert by_label['VAR']['speedup_vs_var'] == by_label['VAR']['memory_vs_var'] == 1.0
+  # VAR: one K and one V buffer of (2B, L, C) per block (CFG doubles the batch).
+  seq_len = sum(p * p for p in settings['patch_nums'])
+  itemsize = {'float32': 4, 'bfloat16': 2, 'float16': 2}[settings['dtype']]
+  assert by_label['VAR']['kv_cache']['allocated'] == (
+      settings['depth'] * 2 * 2 * settings['batch'] * seq_len * settings['embed_dim'] * itemsize)
   # per_iteration keeps max(iters) = 2 implicit cache groups, final_iterate one.
   assert (by_label['VIAR 2->2 per_iteration']['kv_cache']['allocated']
           > by_label['VIAR 2->2 final_iterate']['kv_cache']['allocated'])
 
   assert '| VAR-d4 |' in (tmp_path / 'benchmark.md').read_text()
-  report = json.loads((tmp_path / 'benchmark.json').read_text())
-  assert [r['label'] for r in report['rows']] == labels
+  assert report['settings']['patch_nums'] == [1, 2] and not report['settings']['isolate']
   assert len(report['targets']) == 2  # the 2->1 rows stand in for 10->2
+
+
+def test_settings_check_their_arguments():
+  settings = sampling.resolve(quick=True, patch_nums=['1', '2'], repeats=1)
+  assert settings.patch_nums == (1, 2) and settings.image_size == 32 and settings.depth == 4
+  with pytest.raises(ValueError, match='--repeats must be >= 1'):
+    sampling.resolve(quick=True, repeats=0)
+  with pytest.raises(ValueError, match='--dtype must be one of'):
+    sampling.resolve(quick=True, dtype='float64')

@@ -4,7 +4,7 @@ import pytest
 
 import fixture_sets
 from viar_jax.io import convert
-from viar_jax.models import vqvae
+from viar_jax.models import factory, vqvae
 import jax.numpy as jnp
 
 SET = fixture_sets.discover()[0]
@@ -13,7 +13,7 @@ SET = fixture_sets.discover()[0]
 @pytest.fixture(scope='module')
 def template():
   cfg = fixture_sets.vqvae_config(SET)
-  return convert.abstract_params(vqvae.VQVAE(cfg), jnp.zeros((1, cfg.image_size, cfg.image_size, 3)))
+  return factory.abstract_module_params(vqvae.VQVAE(cfg), jnp.zeros((1, cfg.image_size, cfg.image_size, 3)))
 
 
 def test_key_spec_covers_the_reference_state_dict(template):

@@ -1,16 +1,15 @@
-"""launch/evaluate.py and launch/quality_curve.py end to end on real digits and tiny random models."""
+"""Evaluation and the quality curve (viar_jax.eval) end to end on real digits and tiny random models."""
+import importlib.util
 import json
+import statistics
 
+import jax
 import numpy as np
 import pytest
-from absl import flags
 
-import fast_init
-from launch import evaluate
-from launch import quality_curve
-from viar_jax.eval import digits_eval
+from viar_jax.eval import digits_eval, evaluate, quality_curve
 from viar_jax.io import checkpoint
-from viar_jax.models import transformer, vqvae
+from viar_jax.models import factory, transformer, vqvae
 from viar_jax.sample import sampler
 
 pytestmark = pytest.mark.usefixtures('fast_compiles')  # plumbing, not numerics
@@ -43,9 +42,9 @@ def workdirs(tmp_path_factory):
   """Training-workdir layout (model/, tokenizer/) with random weights, VIAR and VAR."""
   root = tmp_path_factory.mktemp('runs')
   dirs = {}
-  checkpoint.save(root / 'viar' / 'tokenizer', fast_init.random_params(VAE), VAE)
+  checkpoint.save(root / 'viar' / 'tokenizer', factory.random_params(VAE), VAE)
   for name, cfg in (('viar', VIAR), ('var', VAR)):  # the VAR run shares the VIAR's tokenizer
-    checkpoint.save(root / name / 'model', fast_init.random_params(cfg), cfg)
+    checkpoint.save(root / name / 'model', factory.random_params(cfg), cfg)
     dirs[name] = root / name
   return dirs
 
@@ -63,6 +62,7 @@ def test_real_test_digits_npz_gives_the_classifier_accuracy(digits_evaluator, da
   assert saved['num_images'] == 297 and saved['source'] == {'samples': str(tmp_path / 'real.npz')}
 
 
+@pytest.mark.slow
 def test_sampling_path_runs_end_to_end(workdirs, digits_evaluator, tmp_path):
   options = sampler.SampleOptions(top_k=0, top_p=0.0, iters=(2, 1))
   args = dict(vae_ckpt=workdirs['viar'] / 'tokenizer', model_ckpt=workdirs['viar'] / 'model',
@@ -70,8 +70,11 @@ def test_sampling_path_runs_end_to_end(workdirs, digits_evaluator, tmp_path):
   report = evaluate.run(tmp_path, ['digits'], sample_args=args, digits_evaluator=digits_evaluator)
   assert (tmp_path / 'metrics.json').exists() and (tmp_path / 'samples.npz').exists()
   assert report['num_images'] == 10 and report['image_shape'] == [8, 8, 3]
-  assert 0 <= report['metrics']['digits']['class_accuracy'] <= 1
-  assert np.isfinite(report['metrics']['digits']['digits_fid'])
+  with np.load(tmp_path / 'samples.npz') as z:  # the report scores exactly the samples it wrote
+    images, labels = z['arr_0'], z['arr_1']
+  digits = report['metrics']['digits']
+  assert digits['class_accuracy'] == digits_evaluator.class_accuracy(images, labels)
+  assert digits['digits_fid'] == pytest.approx(digits_evaluator.fid(images), rel=1e-6)
   assert report['source']['options']['iters'] == (2, 1)
 
 
@@ -106,30 +109,37 @@ def test_bad_inputs_fail_clearly(workdirs, tmp_path):
     quality_curve.load_run(workdirs['var'], implicit=False)
 
 
+@pytest.mark.slow
 def test_quality_curve_on_tiny_viar_and_var(workdirs, digits_evaluator, tmp_path):
   rows = quality_curve.run(workdirs['viar'], workdirs['var'], tmp_path, per_class=1,
-                           schedules=['1', '2->1'], batch=10, repeats=1, evaluator=digits_evaluator)
+                           schedules=['1', '2,1'], batch=10, repeats=1, evaluator=digits_evaluator)
   assert [(r['model'], r['schedule'], r['iters']) for r in rows] == [
       ('VIAR', '1', [1, 1]), ('VIAR', '2->1', [2, 1]), ('VAR', '-', None)]
-  for r in rows:
-    assert r['images_per_s'] > 0 and r['memory_bytes'] > 0 and np.isfinite(r['digits_fid'])
+  for r, cfg in zip(rows, (VIAR, VIAR, VAR)):
+    assert r['images_per_s'] == pytest.approx(10 / statistics.median(r['times_s']))
+    mem = r['compiled_memory']  # XLA's: arguments + outputs + temp - aliased
+    assert r['memory_bytes'] == mem['argument'] + mem['output'] + mem['temp'] - mem['alias']
+    model_bytes = sum(int(np.prod(p.shape)) * p.dtype.itemsize
+                      for p in jax.tree.leaves(factory.abstract_params(cfg)))
+    assert mem['argument'] > model_bytes  # the params are sampler arguments
+    assert np.isfinite(r['digits_fid'])
   md = (tmp_path / 'quality_curve.md').read_text()
   assert '| VIAR | 2->1 | 2,1 |' in md and '| VAR | - | - |' in md
   saved = json.loads((tmp_path / 'quality_curve.json').read_text())
   assert len(saved['rows']) == 3 and saved['settings']['num_images'] == 10
-  assert (tmp_path / 'quality_curve.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  if importlib.util.find_spec('matplotlib'):  # the plot needs the `plot` extra
+    assert (tmp_path / 'quality_curve.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   assert sorted(p.name for p in (tmp_path / 'grids').iterdir()) == [
       'var.png', 'viar_1.png', 'viar_2_to_1.png']
 
 
-def test_quality_curve_flags_and_schedules():
-  fv = flags.FlagValues()  # its own flag set: launch.sample's flags share these names
-  quality_curve.define_flags(fv)
-  fv(['quality_curve', '--schedules=1,10->2', '--per_class=3', '--var_dir='])
-  assert fv.schedules == ['1', '10->2'] and fv.per_class == 3 and not fv.var_dir
-  assert quality_curve.parse_schedule('10->2', 10) == ('10->2', (10, 9, 8, 7, 6, 5, 4, 3, 2, 2))
-  assert quality_curve.parse_schedule('10-2', 4) == ('10->2', (10, 7, 4, 2))
-  assert quality_curve.parse_schedule('4', 3) == ('4', (4, 4, 4))
-  with pytest.raises(ValueError, match='bad schedule'):
-    quality_curve.parse_schedule('0', 3)
-  assert [s.model for s in quality_curve.row_specs(['1'], 3, with_var=False)] == ['VIAR']
+def test_quality_curve_rows_use_the_schedule_grammar():
+  specs = quality_curve.row_specs(['1', '10,2', '3,2,1'], 3, with_var=True)
+  assert [(s.model, s.schedule, s.iters) for s in specs] == [
+      ('VIAR', '1', (1, 1, 1)), ('VIAR', '10->2', (10, 6, 2)), ('VIAR', '3,2,1', (3, 2, 1)),
+      ('VAR', '-', None)]
+  assert [quality_curve.row_slug(s) for s in specs] == ['viar_1', 'viar_10_to_2', 'viar_3_2_1', 'var']
+  with pytest.raises(ValueError, match='>= 1 iteration'):
+    quality_curve.row_specs(['0'], 3, with_var=False)
+  with pytest.raises(ValueError, match='no VIAR schedules'):
+    quality_curve.row_specs([], 3, with_var=False)

@@ -10,11 +10,10 @@ import optax
 import pytest
 
 from configs import digits
-from launch import train_tokenizer
 from viar_jax.eval import lpips
 from viar_jax.io import convert
 from viar_jax.models import discriminator
-from viar_jax.train import tokenizer_trainer
+from viar_jax.train import tokenizer_loop, tokenizer_trainer
 from viar_jax.train.trainer import TrainState
 
 
@@ -283,15 +282,15 @@ def test_launch_checks_the_perceptual_setup_before_any_compute(weight_files, tmp
   c = digits.get_config()
   c.tokenizer.perceptual_weight = 1.0
   with pytest.raises(ValueError, match='lpips_vgg.*vgg16-397923af.pth.*lpips_lin'):
-    train_tokenizer.train(c, tmp_path / 'tok')
+    tokenizer_loop.train(c, tmp_path / 'tok')
   vgg, lin, _ = weight_files
   c.tokenizer.update(lpips_vgg=vgg, lpips_lin=lin)
   with pytest.raises(ValueError, match='at least 16x16'):  # the digits config's 8px images
-    train_tokenizer.train(c, tmp_path / 'tok')
+    tokenizer_loop.train(c, tmp_path / 'tok')
   c.tokenizer.lpips_vgg = str(tmp_path / 'missing.pth')
   c.tokenizer.vqvae['image_size'], c.tokenizer.vqvae['patch_nums'] = 16, (1, 2, 4, 8)
   with pytest.raises(FileNotFoundError, match='LPIPS VGG16 file not found'):
-    train_tokenizer.train(c, tmp_path / 'tok')
+    tokenizer_loop.train(c, tmp_path / 'tok')
   assert not (tmp_path / 'tok').exists()  # nothing was written or trained
   c.tokenizer.perceptual_weight = 0.0  # off: no files needed
-  assert train_tokenizer.load_perceptual(c.tokenizer, 8) is None
+  assert tokenizer_loop.load_perceptual(c.tokenizer, 8) is None

@@ -7,8 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from viar_jax.io import convert
-from viar_jax.models import transformer
+from viar_jax.models import factory, transformer
 from viar_jax.train import optim
 
 
@@ -83,8 +82,7 @@ def test_wd_schedule():
 def abstract_transformer(**kwargs):
   cfg = transformer.TransformerConfig(depth=2, embed_dim=64, num_heads=1, num_classes=10,
                                       patch_nums=(1, 2), vocab_size=16, z_channels=4, **kwargs)
-  x = jax.ShapeDtypeStruct((1, cfg.seq_len - 1, cfg.z_channels), jnp.float32)
-  return convert.abstract_params(transformer.Transformer(cfg), jnp.zeros((1,), jnp.int32), x)
+  return factory.abstract_params(cfg)
 
 
 def flat_names(tree):
@@ -188,3 +186,21 @@ def test_three_steps_match_torch():
     topt.step()
   for k in params:
     np.testing.assert_allclose(np.asarray(p[k]), tp[k].detach().numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_tokenizer_optimizer_warms_up_then_cosine_decays_without_weight_decay():
+  """With constant gradients Adam's normalised step is 1, so each update is -lr(step)."""
+  steps = 40  # warm-up max(1, 40 // 20) = 2 steps to 2e-3, cosine to 0.05 · 2e-3 at step 40
+  opt = optim.make_tokenizer_optimizer(lr=2e-3, steps=steps)
+  params, grads = {'w': jnp.ones((3,))}, {'w': jnp.full((3,), 7.0)}
+  state, applied = opt.init(params), []
+  for _ in range(steps + 1):
+    updates, state = opt.update(grads, state, params)
+    applied.append(-float(updates['w'][0]))
+  np.testing.assert_allclose(applied[:3], [0.0, 1e-3, 2e-3], rtol=1e-4)
+  assert applied[20] == pytest.approx(1e-4 + (2e-3 - 1e-4) * 0.5 * (1 + math.cos(math.pi * 18 / 38)),
+                                      rel=1e-4)
+  assert applied[steps] == pytest.approx(1e-4, rel=1e-4)
+  disc = optim.make_discriminator_optimizer(lr=2e-4)
+  updates, _ = disc.update(grads, disc.init(params), params)
+  np.testing.assert_allclose(-updates['w'], 2e-4, rtol=1e-4)

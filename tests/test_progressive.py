@@ -7,8 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-import fast_init
-from viar_jax.models import transformer, vqvae
+from viar_jax.models import factory, transformer, vqvae
 from viar_jax.train import progressive, trainer
 
 
@@ -88,7 +87,7 @@ def test_scale_prefix_forward_equals_the_full_forward(implicit):
   model = transformer.Transformer(cfg)
   labels = jnp.array([0, 2], jnp.int32)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, cfg.seq_len - 1, 4))
-  params = {'params': fast_init.random_params(cfg)}
+  params = {'params': factory.random_params(cfg)}
   ends = (1, 5, 14, 30)
   outs = jax.jit(lambda p: [model.apply(p, labels, x[:, :e - 1]) for e in ends])(params)
   for end, prefix in zip(ends, outs):
@@ -99,7 +98,7 @@ def test_scale_prefix_forward_equals_the_full_forward(implicit):
 
 
 def test_stage_step_trains_the_prefix_with_the_reference_weights():
-  vae, vae_params = vqvae.VQVAE(VAE), fast_init.random_params(VAE)
+  vae, vae_params = vqvae.VQVAE(VAE), factory.random_params(VAE)
   cfg = transformer.TransformerConfig(depth=2, embed_dim=32, num_heads=1, num_classes=4,
                                       patch_nums=VAE.patch_nums, vocab_size=32, z_channels=4,
                                       cond_drop_rate=0.0, drop_path_rate=0.0)
@@ -108,7 +107,7 @@ def test_stage_step_trains_the_prefix_with_the_reference_weights():
   labels = jnp.arange(4, dtype=jnp.int32)
   optimizer = optax.sgd(0.0)
   state = trainer.create_train_state(model, optimizer, jax.random.PRNGKey(2),
-                                     params=fast_init.random_params(cfg)).replace(step=jnp.int32(7))
+                                     params=factory.random_params(cfg)).replace(step=jnp.int32(7))
   stage = progressive.Stage(num_scales=3, start_step=6, ramp_steps=8.0)  # 2nd step: weight 0.25
 
   @jax.jit

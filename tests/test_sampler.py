@@ -6,7 +6,7 @@ import pytest
 
 import fixture_sets
 from viar_jax.io import convert, reference_config
-from viar_jax.models import transformer, vqvae
+from viar_jax.models import factory, transformer, vqvae
 from viar_jax.sample import sampler
 
 
@@ -59,11 +59,11 @@ def viar():
   vae = vqvae.VQVAE(fixture_sets.vqvae_config(s))
   vae_params = convert.convert_state_dict(
       fixture_sets.state_dict(s, 'vqvae'),
-      convert.abstract_params(vae, jnp.zeros((1, vae.config.image_size, vae.config.image_size, 3))))
+      factory.abstract_module_params(vae, jnp.zeros((1, vae.config.image_size, vae.config.image_size, 3))))
   model = transformer.Transformer(reference_config.transformer_config(cfg, 'viar'))
   params = convert.convert_state_dict(
       fixture_sets.state_dict(s, 'viar'),
-      convert.abstract_params(model, jnp.zeros((1,), jnp.int32),
+      factory.abstract_module_params(model, jnp.zeros((1,), jnp.int32),
                               jnp.zeros((1, 29, model.config.z_channels))))
   return vae, vae_params, model, params
 

@@ -27,6 +27,8 @@ def test_one_device_and_eight_devices_give_the_same_losses(single_device):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), params_8, params_1)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_processes_on_localhost_agree(single_device, tmp_path):
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))

@@ -6,8 +6,7 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from viar_jax.io import convert
-from viar_jax.models import transformer
+from viar_jax.models import factory, transformer
 from viar_jax.train import optim, sharding
 
 SMALL = dict(embed_dim=128, num_heads=1, num_classes=10, patch_nums=(1, 2), vocab_size=16,
@@ -16,11 +15,6 @@ SMALL = dict(embed_dim=128, num_heads=1, num_classes=10, patch_nums=(1, 2), voca
 
 def config(**kwargs):
   return transformer.TransformerConfig(**{**SMALL, 'depth': 2, **kwargs})
-
-
-def inputs(cfg, batch):
-  x = jax.ShapeDtypeStruct((batch, cfg.seq_len - 1, cfg.z_channels), jnp.float32)
-  return jax.ShapeDtypeStruct((batch,), jnp.int32), x
 
 
 def by_name(tree):
@@ -55,8 +49,7 @@ def test_fsdp_rule_on_shapes(mesh):
 
 def test_param_specs_of_var_and_viar(mesh):
   cfg = config()
-  specs = by_name(sharding.param_specs(convert.abstract_params(
-      transformer.Transformer(cfg), *inputs(cfg, 1)), mesh))
+  specs = by_name(sharding.param_specs(factory.abstract_params(cfg), mesh))
   assert specs['blocks_0/attn/mat_qkv/kernel'] == P(None, 'fsdp')  # (128, 384)
   assert specs['blocks_1/ffn/fc2/kernel'] == P('fsdp', None)  # (512, 128)
   assert specs['blocks_0/ada_lin/kernel'] == P(None, 'fsdp')  # (128, 768)
@@ -65,7 +58,7 @@ def test_param_specs_of_var_and_viar(mesh):
     assert specs[name] == P(), name
 
   cfg = config(depth=4, implicit=True, pre_depth=1, post_depth=1)
-  params = convert.abstract_params(transformer.Transformer(cfg), *inputs(cfg, 1))
+  params = factory.abstract_params(cfg)
   plain = by_name(sharding.param_specs(params, mesh))
   kept = by_name(sharding.param_specs(params, mesh, replicate=sharding.IMPLICIT_MODULES))
   implicit = [n for n in plain if n.startswith(('implicit_block/', 'implicit_proj/'))]
@@ -83,8 +76,7 @@ def test_sharded_forward_and_optimizer_state(mesh):
   labels = jnp.asarray(rng.integers(0, cfg.num_classes, 8), jnp.int32)
   x = jnp.asarray(rng.standard_normal((8, cfg.seq_len - 1, cfg.z_channels)), jnp.float32)
   # Random values of the right shapes: cheaper than compiling `init`, and sharding must not care.
-  params = jax.tree.map(lambda s: jnp.asarray(0.05 * rng.standard_normal(s.shape), s.dtype),
-                        convert.abstract_params(model, labels, x))
+  params = factory.random_params(cfg, std=0.05)
   forward = lambda p, y, xx: model.apply({'params': p}, y, xx)
   want = jax.jit(forward)(params, labels, x)
 

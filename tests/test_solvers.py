@@ -192,17 +192,6 @@ def test_draw_jfb_iters_covers_inclusive_ranges():
   assert not np.array_equal(k + 1, m)  # independent draws, not one shifted stream
 
 
-def test_schedules():
-  assert solvers.iteration_schedule(10, 5, 10) == (10, 9, 8, 8, 7, 7, 6, 6, 5, 5)
-  assert solvers.iteration_schedule(10, 2, 10) == (10, 9, 8, 7, 6, 5, 4, 3, 2, 2)
-  assert solvers.iteration_schedule(4, 1, 4) == (4, 3, 2, 1)
-  assert solvers.iteration_schedule(3, 3, 1) == (3,)
-  assert solvers.reference_iteration_schedule(4, 1, 4) == (4, 3, 3, 3)
-  assert solvers.reference_iteration_schedule(1, 4, 4) == (1, 1, 1, 2)
-  assert solvers.reference_iteration_schedule(1, 10, 4) == (1, 2, 3, 4)
-  assert solvers.reference_iteration_schedule(10, 5, 10) == solvers.iteration_schedule(10, 5, 10)
-
-
 def test_bad_arguments():
   f = lambda z: 0.5 * z
   z0 = jnp.ones((B, D))
@@ -227,10 +216,3 @@ def test_bad_arguments():
     jfb(1, MAX_M + 1)
   with pytest.raises(ValueError, match='max_with_grad_iters'):
     jfb(1, 0, max_m=-1)
-
-  with pytest.raises(ValueError, match='< 1 iteration'):
-    solvers.iteration_schedule(3, 0, 4)
-  with pytest.raises(ValueError, match='num_scales'):
-    solvers.iteration_schedule(3, 1, 0)
-  with pytest.raises(ValueError, match='1..10'):
-    solvers.reference_iteration_schedule(10, 1, 11)

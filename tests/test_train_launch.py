@@ -1,18 +1,17 @@
-"""launch/train.py end to end on a tiny digits config: resume equals a straight run; config errors."""
+"""Training runs (viar_jax.train.loop, launch.train) end to end on a tiny digits config: resume equals
+a straight run; config errors; every shipped config preset builds."""
+import dataclasses
 import json
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
-from configs import digits
-from launch import train as train_cli
-from launch import train_tokenizer
-from viar_jax import tensorboard
-from viar_jax.io import checkpoint, released
-from viar_jax.models import transformer, vqvae
-from viar_jax.train import run_io
+import tb_events
+from configs import digits, imagenet
+from viar_jax.io import checkpoint, released, run_config
+from viar_jax.models import factory
+from viar_jax.train import loop, run_io, tokenizer_loop
 
 pytestmark = pytest.mark.usefixtures('fast_compiles')  # plumbing, not numerics
 
@@ -36,7 +35,7 @@ def tiny_config(workdir, tokenizer_ckpt=''):
 @pytest.fixture(scope='module')
 def tokenizer_dir(tmp_path_factory):
   out = tmp_path_factory.mktemp('tok') / 'tokenizer'
-  train_tokenizer.train(tiny_config(out.parent), out)
+  tokenizer_loop.train(tiny_config(out.parent), out)
   assert (out / 'reconstructions.png').exists()
   return out
 
@@ -53,14 +52,15 @@ def progressive_config(workdir, tokenizer_ckpt):
   return c
 
 
+@pytest.mark.slow
 def test_resume_equals_straight_run(tokenizer_dir, tmp_path):
   """Progressive training on, so resuming must also land in the right stage and ramp."""
   straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
-  state_a, _ = train_cli.train(progressive_config(straight, tokenizer_dir), straight)
-  train_cli.train(progressive_config(resumed, tokenizer_dir), resumed, stop_after=3)
+  state_a, _ = loop.train(progressive_config(straight, tokenizer_dir), straight)
+  loop.train(progressive_config(resumed, tokenizer_dir), resumed, stop_after=3)
   assert run_io.RunCheckpointer(resumed).latest_step() == 3
   assert not (resumed / 'model').exists()  # exported only once training is complete
-  state_b, _ = train_cli.train(progressive_config(resumed, tokenizer_dir), resumed)
+  state_b, _ = loop.train(progressive_config(resumed, tokenizer_dir), resumed)
   np.testing.assert_allclose([l for _, l in losses(resumed)], [l for _, l in losses(straight)],
                              rtol=1e-6)
   assert [s for s, _ in losses(resumed)] == [1, 2, 3, 4, 5, 6]
@@ -70,7 +70,7 @@ def test_resume_equals_straight_run(tokenizer_dir, tmp_path):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
                jax.device_get(state_a.params), jax.device_get(state_b.params))
   assert int(state_b.step) == 6
-  tb = tensorboard.read_scalars(straight / 'tensorboard' / 'train')
+  tb = tb_events.read_scalars(straight / 'tensorboard' / 'train')
   assert [v for s, t, v in tb if t == 'loss'] == pytest.approx([l for _, l in losses(straight)])
   config, exported = checkpoint.load(resumed / 'model')  # what launch.sample / evaluate read
   assert config.embed_dim == 64 and config.implicit
@@ -83,12 +83,13 @@ def test_resume_equals_straight_run(tokenizer_dir, tmp_path):
     (lambda c: c.tokenizer.update(ckpt='/nonexistent/tok'), FileNotFoundError, 'tokenizer checkpoint'),
     (lambda c: c.data.update(name='no_such_dataset'), (ValueError, FileNotFoundError), 'no_such_dataset'),
     (lambda c: c.optim.update(pg=0.5, pg0=4), ValueError, r'first stage \(pg0\) must lie in \[0, 3\]'),
+    (lambda c: c.model.update(num_heads=3), ValueError, 'not divisible by num_heads'),
 ])
 def test_bad_run_configs_fail_before_compute(tmp_path, change, error, match):
   c = tiny_config(tmp_path)
   change(c)
   with pytest.raises(error, match=match):
-    train_cli.train(c, tmp_path)
+    loop.train(c, tmp_path)
   assert not (tmp_path / 'tokenizer').exists()  # nothing was trained
 
 
@@ -96,23 +97,35 @@ def test_model_patch_nums_must_match_the_tokenizer():
   c = digits.get_config()
   c.model.patch_nums = (1, 2, 4)
   with pytest.raises(ValueError, match='inconsistent with the tokenizer'):
-    train_cli.model_config(c, train_tokenizer.vqvae_config(c))
+    run_config.transformer_config(c.model, run_config.vqvae_config(c.tokenizer.vqvae))
+  c = digits.get_config()
+  c.model.unknown_knob = 1
+  with pytest.raises(ValueError, match=r"config.model has fields \['unknown_knob'\]"):
+    run_config.transformer_config(c.model, run_config.vqvae_config(c.tokenizer.vqvae))
 
 
-@pytest.mark.parametrize('name', ['digits', 'var_d16', 'var_d20', 'var_d24', 'var_d30', 'viar_d16',
-                                  'viar_d30'])
-def test_every_shipped_config_builds(name):
-  module = __import__(f'configs.{name}', fromlist=['get_config'])
-  c = module.get_config()
-  assert module.__doc__ and 'python -m launch.train --config configs/' in module.__doc__
-  vae_cfg = train_tokenizer.vqvae_config(c) if name == 'digits' else released.tokenizer_config()
-  cfg = train_cli.model_config(c, vae_cfg)
-  params = checkpoint.abstract_params(cfg)
+@pytest.mark.parametrize('config_arg', ['digits', *[f'imagenet:{p}' for p in released.RECIPES]])
+def test_every_shipped_config_builds(config_arg):
+  file, _, preset = config_arg.partition(':')
+  module = {'digits': digits, 'imagenet': imagenet}[file]
+  c = module.get_config(preset) if preset else module.get_config()
+  assert module.__doc__ and f'python -m launch.train --config configs/{file}.py' in module.__doc__
+  cfg = run_config.transformer_config(c.model, run_config.vqvae_config(c.tokenizer.vqvae))
+  params = factory.abstract_params(cfg)
   count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
   expected = {'var_d16': 310_283_520, 'var_d30': 2_010_020_356, 'viar_d30': 770_884_426}
-  if name in expected:
-    assert count == expected[name]
+  if preset in expected:
+    assert count == expected[preset]
+  if preset in released.FILES:  # the recipe trains the released architecture
+    assert cfg == dataclasses.replace(released.config(preset), dtype='bfloat16')
   assert c.optim.batch_size % 8 == 0
+
+
+def test_imagenet_config_needs_a_preset():
+  with pytest.raises(ValueError, match='configs/imagenet.py:var_d16'):
+    imagenet.get_config()
+  with pytest.raises(ValueError, match='var_d36'):  # released, but no 256px recipe
+    imagenet.get_config('var_d36')
 
 
 def test_non_finite_loss_stops_the_run():

@@ -7,8 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-import fast_init
-from viar_jax.models import transformer, vqvae
+from viar_jax.models import factory, transformer, vqvae
 from viar_jax.train import tokenizer_trainer, trainer
 
 VAE = vqvae.VQVAEConfig(vocab_size=32, z_channels=4, ch=32, ch_mult=(1, 2), num_res_blocks=1,
@@ -17,7 +16,7 @@ VAE = vqvae.VQVAEConfig(vocab_size=32, z_channels=4, ch=32, ch_mult=(1, 2), num_
 
 @pytest.fixture(scope='module')
 def setup():
-  vae, vae_params = vqvae.VQVAE(VAE), fast_init.random_params(VAE)  # a frozen tokenizer
+  vae, vae_params = vqvae.VQVAE(VAE), factory.random_params(VAE)  # a frozen tokenizer
   cfg = transformer.TransformerConfig(depth=4, embed_dim=64, num_heads=1, num_classes=4,
                                       patch_nums=VAE.patch_nums, vocab_size=32, z_channels=4,
                                       implicit=True, pre_depth=1, post_depth=1,
@@ -48,7 +47,10 @@ def test_train_step_learns_a_fixed_batch_and_is_deterministic(setup):
   assert float(m1['loss']) == losses[0]
   eval_metrics = jax.jit(functools.partial(trainer.eval_step, model=model, vae=vae,
                                            vae_params=vae_params))(state.params, images, labels)
-  assert 0.0 <= float(eval_metrics['acc']) <= 1.0 and np.isfinite(float(eval_metrics['ce_last']))
+  # Measured: token accuracy 0.006 -> 0.36 (the most frequent token is 0.19 of this batch's
+  # targets), last-scale CE 3.46 (log 32, chance) -> 1.87.
+  assert float(eval_metrics['acc']) > 0.25, eval_metrics
+  assert float(eval_metrics['ce_last']) < 0.7 * np.log(model.config.vocab_size), eval_metrics
 
 
 def test_label_smoothing_changes_only_the_objective():
@@ -76,4 +78,9 @@ def test_tokenizer_training_reduces_the_reconstruction_error():
     l2.append(float(metrics['l2']))
   # Measured: l2 0.81 -> 0.01 in 40 steps while the VQ term first rises as the latents grow.
   assert l2[-1] < 0.2 * l2[0], l2
-  assert np.isfinite(float(metrics['vq'])) and 0 < float(metrics['usage_mean']) <= 1
+  assert np.isfinite(float(metrics['vq']))
+  # Usage is the fraction of the codebook hit at each scale: whole codes, at most B·pn² of them.
+  usage = float(metrics['usage_mean'])
+  cap = np.mean([min(1.0, len(images) * p * p / VAE.vocab_size) for p in VAE.patch_nums])
+  hits = usage * len(VAE.patch_nums) * VAE.vocab_size
+  assert 0 < usage <= cap and abs(hits - round(hits)) < 1e-3, (usage, cap)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from viar_jax.io import convert
-from viar_jax.models import quantizer, vqvae
+from viar_jax.models import factory, quantizer, vqvae
 
 TINY = vqvae.VQVAEConfig(vocab_size=32, z_channels=4, ch=32, ch_mult=(1, 2), num_res_blocks=1,
                          image_size=8, patch_nums=(1, 2, 4))
@@ -30,7 +30,7 @@ def test_phi_index_tables():
 
 def test_released_tokenizer_shapes_and_parameter_count():
   cfg = vqvae.VQVAEConfig()
-  template = convert.abstract_params(vqvae.VQVAE(cfg), jnp.zeros((1, 256, 256, 3)))
+  template = factory.abstract_module_params(vqvae.VQVAE(cfg), jnp.zeros((1, 256, 256, 3)))
   count = lambda t: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(t))
   assert round(count(template['encoder']) / 1e6, 2) == 44.11
   assert round(count(template['decoder']) / 1e6, 2) == 64.65
@@ -55,7 +55,7 @@ def test_share_quant_resi_variants_round_trip(share, keys):
   model = vqvae.VQVAE(cfg)
   rng = np.random.default_rng(share)
   params = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32),
-                        convert.abstract_params(model, jnp.zeros((1, 8, 8, 3))))
+                        factory.abstract_module_params(model, jnp.zeros((1, 8, 8, 3))))
   spec = convert.reference_key_spec(params)
   for k in keys:
     assert k in spec
@@ -73,7 +73,7 @@ def test_share_quant_resi_variants_round_trip(share, keys):
 
 def test_zero_quant_resi_means_identity_phi():
   cfg = vqvae.VQVAEConfig(**{**TINY.__dict__, 'quant_resi': 0.0})
-  params = convert.abstract_params(vqvae.VQVAE(cfg), jnp.zeros((1, 8, 8, 3)))
+  params = factory.abstract_module_params(vqvae.VQVAE(cfg), jnp.zeros((1, 8, 8, 3)))
   assert 'quant_resi' not in params['quantize']
 
 
@@ -129,7 +129,8 @@ def test_methods_are_consistent_and_jittable(tiny):
     np.testing.assert_array_equal(a, b)
   np.testing.assert_allclose(var_one, var_in, atol=1e-6)
   # The autoregressive step rebuilds the same f̂ and next-scale inputs from the codes.
-  codebook = variables['params']['quantize']['embedding']['embedding']
+  codebook = model.apply(variables, method=vqvae.VQVAE.codebook)
+  assert codebook.shape == (TINY.vocab_size, TINY.z_channels)
   f_hat = jnp.zeros_like(fhats[0])
   for k, pn in enumerate(TINY.patch_nums):
     h = codebook[idx[k]].reshape(2, pn, pn, -1)
@@ -141,6 +142,26 @@ def test_methods_are_consistent_and_jittable(tiny):
                                  var_in[:, start:start + TINY.patch_nums[k + 1]**2], atol=1e-5)
   rec = call(vqvae.VQVAE.reconstruct, img)
   assert rec.shape == img.shape and float(jnp.max(jnp.abs(rec))) <= 1.0
+
+
+def test_one_residual_pass_from_latent_or_tokens(tiny):
+  """The quantizer's single loop gives the same f̂ and teacher-forcing input from f or from tokens."""
+  model, variables, img = tiny
+  f = model.apply(variables, img, method=vqvae.VQVAE.encode)
+  quantize = lambda m, *a, **kw: m.quantize.residual_pass(*a, **kw)
+  from_f = model.apply(variables, f, method=quantize)
+  from_idx = model.apply(variables, indices=from_f.indices, method=quantize)
+  for a, b in zip(from_f.f_hats, from_idx.f_hats, strict=True):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+  np.testing.assert_allclose(from_f.var_input, from_idx.var_input, atol=1e-6)
+  np.testing.assert_array_equal(from_f.code_hits, from_idx.code_hits)
+  assert float(from_f.vq_loss) > 0 and float(from_idx.vq_loss) == 0
+  # All scales but the last suffice for the teacher-forcing input.
+  partial = model.apply(variables, indices=from_f.indices[:-1], method=quantize)
+  np.testing.assert_allclose(partial.var_input, from_f.var_input, atol=1e-6)
+  for kwargs in ({}, {'f_BhwC': f, 'indices': from_f.indices}):
+    with pytest.raises(ValueError, match='exactly one'):
+      model.apply(variables, method=quantize, **kwargs)
 
 
 def test_training_forward_straight_through_and_gradients(tiny):

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 import fixture_sets
-from viar_jax.io import convert
 from viar_jax.models import resample, vqvae
 
 SETS = fixture_sets.discover()
@@ -18,11 +17,9 @@ def run(request):
   """Converts a set's state dict and runs every tokenizer method once (jitted)."""
   set_dir = request.param
   data = fixture_sets.arrays(set_dir, 'vqvae')
-  model = vqvae.VQVAE(fixture_sets.vqvae_config(set_dir))
+  model, params = fixture_sets.tokenizer(set_dir)
   img = jnp.asarray(fixture_sets.nchw_to_nhwc(data['in/img']))
-  template = convert.abstract_params(model, img)
-  variables = {'params': convert.convert_state_dict(fixture_sets.state_dict(set_dir, 'vqvae'),
-                                                    template)}
+  variables = {'params': params}
   call = lambda method, *a: jax.jit(functools.partial(model.apply, method=method))(variables, *a)
   out = {'f': call(vqvae.VQVAE.encode, img),
          'idx': call(vqvae.VQVAE.img_to_idx, img),

@@ -50,7 +50,7 @@ import numpy as np
 from flax import traverse_util
 
 from viar_jax.io import convert
-from viar_jax.models import resample
+from viar_jax.models import factory, resample
 
 FID_WEIGHTS_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
                    'pt_inception-2015-12-05-6726825d.pth')
@@ -282,7 +282,7 @@ _LEAF_TO_TORCH = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias', 'mean':
 def abstract_params():
   """Param shapes of `FIDInceptionV3` (jax.ShapeDtypeStruct leaves), without computing anything."""
   x = jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32)
-  return convert.abstract_params(FIDInceptionV3(), x)
+  return factory.abstract_module_params(FIDInceptionV3(), x)
 
 
 @functools.lru_cache(maxsize=1)

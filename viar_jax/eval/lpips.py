@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from viar_jax.models import factory
 from viar_jax.io import convert
 
 # ScalingLayer: ImageNet mean/std expressed for inputs in [-1, 1].
@@ -110,7 +111,7 @@ def lpips_distance(params, x_NHWC, y_NHWC) -> jax.Array:
 def abstract_params():
   """Param shapes (ShapeDtypeStructs) of `LPIPS`, without allocating anything."""
   x = jax.ShapeDtypeStruct((1, MIN_IMAGE_SIZE, MIN_IMAGE_SIZE, 3), jnp.float32)
-  return convert.abstract_params(LPIPS(), x, x)
+  return factory.abstract_module_params(LPIPS(), x, x)
 
 
 def key_spec() -> Dict[str, Tuple[int, ...]]:

@@ -8,12 +8,10 @@ import json
 import pathlib
 from typing import Any, Tuple
 
-import jax
-import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from viar_jax.io import convert
-from viar_jax.models import transformer, vqvae
+from viar_jax.io import run_config
+from viar_jax.models import factory, transformer, vqvae
 
 KINDS = {'vqvae': vqvae.VQVAEConfig, 'transformer': transformer.TransformerConfig}
 
@@ -28,17 +26,15 @@ def config_to_json(config) -> dict:
 def config_from_json(blob: dict):
   if blob.get('kind') not in KINDS:
     raise ValueError(f'unknown model kind {blob.get("kind")!r}; expected one of {tuple(KINDS)}')
-  cls = KINDS[blob['kind']]
-  fields = {f.name for f in dataclasses.fields(cls)}
-  unknown = set(blob['config']) - fields
-  if unknown:
-    raise ValueError(f'config.json has fields {sorted(unknown)} unknown to {cls.__name__}')
-  values = {k: tuple(v) if isinstance(v, list) else v for k, v in blob['config'].items()}
-  return cls(**values)
+  return run_config.dataclass_from(KINDS[blob['kind']], blob['config'], 'config.json')
 
 
-def module_for(config):
-  return vqvae.VQVAE(config) if isinstance(config, vqvae.VQVAEConfig) else transformer.Transformer(config)
+def load_config(directory):
+  """The VQVAEConfig or TransformerConfig of a checkpoint, without reading its params."""
+  path = pathlib.Path(directory).absolute() / 'config.json'
+  if not path.exists():
+    raise FileNotFoundError(f'{path.parent} is not a viar-jax checkpoint (no config.json)')
+  return config_from_json(json.loads(path.read_text()))
 
 
 def save(directory, params, config) -> pathlib.Path:
@@ -59,19 +55,7 @@ def load(directory) -> Tuple[Any, Any]:
   directory = pathlib.Path(directory).absolute()
   if not (directory / 'config.json').exists() or not (directory / 'params').exists():
     raise FileNotFoundError(f'{directory} is not a viar-jax checkpoint (needs config.json and params/)')
-  config = config_from_json(json.loads((directory / 'config.json').read_text()))
-  template = abstract_params(config)
+  config = load_config(directory)
+  template = factory.abstract_params(config)
   params = ocp.StandardCheckpointer().restore(directory / 'params', template)
   return config, params
-
-
-def abstract_params(config):
-  """Param shapes (ShapeDtypeStruct tree) of the module a config builds; allocates nothing."""
-  if isinstance(config, vqvae.VQVAEConfig):
-    img = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, config.in_channels),
-                               jnp.float32)
-    return convert.abstract_params(vqvae.VQVAE(config), img)
-  x = jax.ShapeDtypeStruct((1, config.seq_len - config.patch_nums[0]**2, config.z_channels),
-                           jnp.float32)
-  return convert.abstract_params(transformer.Transformer(config),
-                                 jax.ShapeDtypeStruct((1,), jnp.int32), x)

@@ -14,7 +14,6 @@ import re
 import zipfile
 from typing import Any, Dict, Mapping, Tuple
 
-import jax
 import numpy as np
 from flax import traverse_util
 
@@ -184,10 +183,3 @@ def load_reference_state_dict(path: str) -> Dict[str, np.ndarray]:
   if not isinstance(sd, Mapping):
     raise CheckpointMismatchError(f'{path} does not hold a state dict (got {type(sd).__name__})')
   return {k: _as_numpy(v) for k, v in sd.items()}
-
-
-def abstract_params(module, *init_args, method=None):
-  """Param shapes of `module` without allocating anything (`jax.eval_shape` of `init`)."""
-  init = lambda *args: module.init(jax.random.PRNGKey(0), *args, method=method)
-  variables = jax.eval_shape(init, *init_args)  # args may be arrays or jax.ShapeDtypeStruct
-  return variables['params']

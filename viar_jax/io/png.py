@@ -1,9 +1,8 @@
-"""Dependency-free PNG writing and image grids (uint8 RGB)."""
+"""PNG writing (Pillow) and image grids (uint8 RGB)."""
 import pathlib
-import struct
-import zlib
 
 import numpy as np
+from PIL import Image
 
 
 def to_uint8(img, value_range=(-1.0, 1.0)) -> np.ndarray:
@@ -31,14 +30,8 @@ def write_png(path, img_HWC: np.ndarray) -> pathlib.Path:
   img = np.asarray(img_HWC)
   if img.dtype != np.uint8 or img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
     raise ValueError(f'write_png expects uint8 (H, W, 3) or (H, W), got {img.dtype} {img.shape}')
-  h, w = img.shape[:2]
-  color_type = 2 if img.ndim == 3 else 0
-  raw = b''.join(b'\x00' + img[y].tobytes() for y in range(h))
-  chunk = lambda tag, data: (struct.pack('>I', len(data)) + tag + data +
-                             struct.pack('>I', zlib.crc32(tag + data) & 0xFFFFFFFF))
-  png = (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 8, color_type, 0, 0, 0)) +
-         chunk(b'IDAT', zlib.compress(raw, 6)) + chunk(b'IEND', b''))
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_bytes(png)
+  # 'RGB' / 'L' are 8-bit truecolor / grayscale PNGs; zlib level 6 as before.
+  Image.fromarray(np.ascontiguousarray(img)).save(path, format='PNG', compress_level=6)
   return path

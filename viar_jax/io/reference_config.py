@@ -5,7 +5,7 @@ Lets a fixture set (or a converted checkpoint described the same way) be rebuilt
 """
 from typing import Mapping
 
-from viar_jax.models import vqvae
+from viar_jax.models import transformer, vqvae
 
 
 def vqvae_config(cfg: Mapping) -> vqvae.VQVAEConfig:
@@ -19,9 +19,8 @@ def vqvae_config(cfg: Mapping) -> vqvae.VQVAEConfig:
       quant_conv_ks=v['quant_conv_ks'], using_sa=v['using_sa'], using_mid_sa=v['using_mid_sa'])
 
 
-def transformer_config(cfg: Mapping, model: str) -> 'transformer.TransformerConfig':
+def transformer_config(cfg: Mapping, model: str) -> transformer.TransformerConfig:
   """`model` is 'var' or 'viar' (the section of config.json)."""
-  from viar_jax import transformer  # pylint: disable=import-outside-toplevel
   t = cfg[model]
   implicit = bool(t.get('use_implicit', False))
   return transformer.TransformerConfig(

@@ -7,6 +7,7 @@ KV cache (sampling): `cache = (k_BSHd, v_BSHd, start)` with preallocated buffers
 call's keys/values at [start, start + L) and attends to [0, start + L). `start` is a Python int, so
 every scale is a static slice.
 """
+import dataclasses
 import math
 from typing import Callable, Optional, Tuple
 
@@ -17,6 +18,28 @@ import numpy as np
 
 MAX_SCALE_MUL = float(np.log(np.float32(100.0)))  # the reference clamps the log-scale at ln 100
 Cache = Tuple[jax.Array, jax.Array, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockConfig:
+  """What every AdaLN block of one transformer shares (`TransformerConfig.block_config()` builds it).
+
+  residual_init_factor rescales the init of the residual output projections (attn.proj, ffn.fc2):
+  1/√(2·depth) in the reference. dtype is the compute dtype; params stay float32.
+  """
+  num_heads: int
+  mlp_ratio: float = 4.0
+  attn_l2_norm: bool = True
+  shared_aln: bool = False
+  norm_eps: float = 1e-6
+  drop_rate: float = 0.0
+  attn_drop_rate: float = 0.0
+  init_std: float = 0.02
+  residual_init_factor: float = 1.0
+  aln_init: float = 0.5
+  aln_gamma_init: float = 1e-5
+  dtype: str = 'float32'
+  attn_implementation: Optional[str] = None  # for jax.nn.dot_product_attention: None, 'xla', 'cudnn'
 
 
 def trunc_normal(std: float, factor: float = 1.0) -> Callable:
@@ -138,46 +161,36 @@ class AdaLNBlock(nn.Module):
   shared_aln: `cond` is the already projected (B, 1, 6, C) shared modulation, and the block adds its
   own `ada_gss` (1, 1, 6, C) instead of owning an `ada_lin`.
   """
-  num_heads: int
-  mlp_ratio: float = 4.0
-  attn_l2_norm: bool = True
-  shared_aln: bool = False
-  norm_eps: float = 1e-6
-  drop_rate: float = 0.0
-  attn_drop_rate: float = 0.0
-  drop_path_rate: float = 0.0
-  init_std: float = 0.02
-  residual_init_factor: float = 1.0  # 1/√(2·depth) in the reference init
-  aln_init: float = 0.5
-  aln_gamma_init: float = 1e-5
-  dtype: jnp.dtype = jnp.float32
-  attn_implementation: Optional[str] = None
+  config: BlockConfig
+  drop_path_rate: float = 0.0  # this block's stochastic depth (rates grow with depth)
 
   @nn.compact
   def __call__(self, x_BLC, cond, mask_LS=None, deterministic: bool = True,
                cache: Optional[Cache] = None):
-    c = x_BLC.shape[-1]
-    if self.shared_aln:
+    cfg, c = self.config, x_BLC.shape[-1]
+    dtype = jnp.dtype(cfg.dtype)
+    if cfg.shared_aln:
       def gss_init(key, shape, dtype=jnp.float32):
         g = jax.random.normal(key, shape, jnp.float32) / math.sqrt(c)
-        return g * jnp.array([self.aln_gamma_init] * 2 + [self.aln_init] * 4)[:, None]
+        return g * jnp.array([cfg.aln_gamma_init] * 2 + [cfg.aln_init] * 4)[:, None]
       mod = self.param('ada_gss', gss_init, (1, 1, 6, c)) + cond  # cond: (B, 1, 6, C)
     else:
       mod = nn.Dense(6 * c, dtype=jnp.float32, name='ada_lin',
-                     kernel_init=adaln_init(self.init_std, 2, self.aln_gamma_init, self.aln_init))(
+                     kernel_init=adaln_init(cfg.init_std, 2, cfg.aln_gamma_init, cfg.aln_init))(
                          jax.nn.silu(cond)).reshape(-1, 1, 6, c)
-    gamma1, gamma2, scale1, scale2, shift1, shift2 = [mod[:, :, i].astype(self.dtype) for i in range(6)]
+    gamma1, gamma2, scale1, scale2, shift1, shift2 = [mod[:, :, i].astype(dtype) for i in range(6)]
 
-    attn = SelfAttention(self.num_heads, self.attn_l2_norm, self.attn_drop_rate, self.drop_rate,
-                         self.init_std, self.residual_init_factor, self.dtype,
-                         self.attn_implementation, name='attn')
-    h = layer_norm(x_BLC, self.norm_eps) * (1 + scale1) + shift1
+    attn = SelfAttention(num_heads=cfg.num_heads, attn_l2_norm=cfg.attn_l2_norm,
+                         attn_drop_rate=cfg.attn_drop_rate, proj_drop_rate=cfg.drop_rate,
+                         init_std=cfg.init_std, proj_init_factor=cfg.residual_init_factor,
+                         dtype=dtype, implementation=cfg.attn_implementation, name='attn')
+    h = layer_norm(x_BLC, cfg.norm_eps) * (1 + scale1) + shift1
     out = attn(h, mask_LS, deterministic, cache)
     a, new_cache = out if cache is not None else (out, None)
     x_BLC = x_BLC + drop_path(self, a * gamma1, self.drop_path_rate, deterministic)
-    ffn = FFN(round(c * self.mlp_ratio), self.drop_rate, self.init_std, self.residual_init_factor,
-              self.dtype, name='ffn')
-    h = layer_norm(x_BLC, self.norm_eps) * (1 + scale2) + shift2
+    ffn = FFN(hidden=round(c * cfg.mlp_ratio), drop_rate=cfg.drop_rate, init_std=cfg.init_std,
+              fc2_init_factor=cfg.residual_init_factor, dtype=dtype, name='ffn')
+    h = layer_norm(x_BLC, cfg.norm_eps) * (1 + scale2) + shift2
     x_BLC = x_BLC + drop_path(self, ffn(h, deterministic) * gamma2, self.drop_path_rate, deterministic)
     return x_BLC if cache is None else (x_BLC, new_cache)
 

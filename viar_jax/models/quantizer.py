@@ -5,7 +5,7 @@ pn_k x pn_k, snapped to its nearest codebook entries, and the codes are bicubic-
 refined by a 3x3 conv Φ and subtracted from the residual. f̂ is the running sum of those refinements.
 Token maps are (B, pn_k²) int32, row-major.
 """
-from typing import List, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -35,6 +35,15 @@ def phi_index_table(num_scales: int, num_phi: int) -> Tuple[int, ...]:
   ticks = phi_ticks(num_phi)
   at = [k / (num_scales - 1) if num_scales > 1 else 0.0 for k in range(num_scales)]
   return tuple(int(np.argmin(np.abs(ticks - r))) for r in at)
+
+
+class ResidualQuantization(NamedTuple):
+  """Everything one residual pass over the scales gives (`MultiScaleQuantizer.residual_pass`)."""
+  indices: List[jax.Array]  # per scale (B, pn²) int32
+  f_hats: List[jax.Array]  # running f̂ after each scale, (B, n, n, C); the last is the quantized f
+  var_input: jax.Array  # (B, L - pn_0², C): f̂ area-downsampled to each next scale (teacher forcing)
+  vq_loss: jax.Array  # () mean over scales of β·‖sg(f̂) - f‖² + ‖f̂ - sg(f)‖²; 0 from given indices
+  code_hits: jax.Array  # (K, V) int32 codebook hits per scale
 
 
 class Phi(nn.Module):
@@ -142,54 +151,49 @@ class MultiScaleQuantizer(nn.Module):
       idx_N = jnp.argmin(d_NV, axis=1)
     return idx_N.astype(jnp.int32).reshape(b, -1)
 
-  def f_to_idx_or_fhat(self, f_BhwC, to_fhat: bool) -> List[jax.Array]:
-    """Residual quantization of f: per scale the token map (B, pn²), or the running f̂ (B, n, n, C)."""
-    f_rest = jax.lax.stop_gradient(f_BhwC)
-    f_hat = jnp.zeros_like(f_rest)
-    out = []
-    for k, pn in enumerate(self.patch_nums):
-      idx_Bl = self.nearest_code(resample.resize(f_rest, pn, 'area'))
-      h = self.upsample_refine(k, self.lookup(idx_Bl, pn))
-      f_hat, f_rest = f_hat + h, f_rest - h
-      out.append(f_hat if to_fhat else idx_Bl)
-    return out
+  def residual_pass(self, f_BhwC=None, indices: Optional[Sequence[jax.Array]] = None
+                    ) -> ResidualQuantization:
+    """The residual quantization loop, once for every use: tokenizing, teacher forcing, training.
 
-  def f_to_idx_and_var_input(self, f_BhwC):
-    """One residual pass giving both the token maps and the teacher-forcing input (B, L - pn_0², C).
-
-    Same numbers as `idx_to_var_input(f_to_idx_or_fhat(f, False))` without re-running the codes.
+    From a latent f (B, n, n, C): at each scale the residual is area-downsampled, snapped to its
+    nearest codes, and their refined upsampling is added to f̂ and taken off the residual. From
+    given token maps (all scales, or all but the last): the same loop with those codes. Outputs a
+    caller does not use cost nothing under jit.
     """
-    f_rest = jax.lax.stop_gradient(f_BhwC)
-    f_hat = jnp.zeros_like(f_rest)
-    idx_list, chunks = [], []
-    for k, pn in enumerate(self.patch_nums):
-      idx_Bl = self.nearest_code(resample.resize(f_rest, pn, 'area'))
+    if (f_BhwC is None) == (indices is None):
+      raise ValueError('residual_pass takes exactly one of a latent f or token maps')
+    if f_BhwC is not None:
+      f_BhwC = f_BhwC.astype(jnp.float32)
+      f_sg = jax.lax.stop_gradient(f_BhwC)
+      f_rest, f_hat = f_sg, jnp.zeros_like(f_sg)
+      num_scales = self.num_scales
+    else:
+      n = self.latent_size
+      f_hat = jnp.zeros((indices[0].shape[0], n, n, self.z_channels), self.codebook().dtype)
+      num_scales = len(indices)
+    idx_list, f_hats, chunks, hits, loss = [], [], [], [], jnp.float32(0.0)
+    for k in range(num_scales):
+      pn = self.patch_nums[k]
+      if indices is None:
+        idx_Bl = self.nearest_code(resample.resize(f_rest, pn, 'area'))
+      else:
+        idx_Bl = indices[k]
       h = self.upsample_refine(k, self.lookup(idx_Bl, pn))
-      f_hat, f_rest = f_hat + h, f_rest - h
+      f_hat = f_hat + h
+      if indices is None:
+        f_rest = f_rest - h
+        # β·‖sg(f̂) - f‖² (commitment, trains the encoder) + ‖f̂ - sg(f)‖² (trains codebook and Φ).
+        loss = loss + self.beta * jnp.mean((jax.lax.stop_gradient(f_hat) - f_BhwC)**2)
+        loss = loss + jnp.mean((f_hat - f_sg)**2)
       idx_list.append(idx_Bl)
+      f_hats.append(f_hat)
+      hits.append(jnp.bincount(idx_Bl.reshape(-1), length=self.vocab_size))
       if k + 1 < self.num_scales:
         pn_next = self.patch_nums[k + 1]
         nxt = resample.resize(f_hat, pn_next, 'area')
         chunks.append(nxt.reshape(nxt.shape[0], pn_next * pn_next, -1))
-    return idx_list, jnp.concatenate(chunks, axis=1)
-
-  def idx_to_fhats(self, idx_list: Sequence[jax.Array]) -> List[jax.Array]:
-    """Token maps of every scale -> the running f̂ after each scale (`embed_to_fhat`)."""
-    f_hat, out = 0.0, []
-    for k, (pn, idx_Bl) in enumerate(zip(self.patch_nums, idx_list)):
-      f_hat = f_hat + self.upsample_refine(k, self.lookup(idx_Bl, pn))
-      out.append(f_hat)
-    return out
-
-  def idx_to_var_input(self, idx_list: Sequence[jax.Array]):
-    """Teacher-forcing input (B, L - pn_0², C): the area-downsampled running f̂ at each next scale."""
-    f_hat, chunks = 0.0, []
-    for k in range(self.num_scales - 1):
-      pn, pn_next = self.patch_nums[k], self.patch_nums[k + 1]
-      f_hat = f_hat + self.upsample_refine(k, self.lookup(idx_list[k], pn))
-      nxt = resample.resize(f_hat, pn_next, 'area')
-      chunks.append(nxt.reshape(nxt.shape[0], pn_next * pn_next, -1))
-    return jnp.concatenate(chunks, axis=1)
+    return ResidualQuantization(idx_list, f_hats, jnp.concatenate(chunks, axis=1),
+                                loss / self.num_scales, jnp.stack(hits))
 
   def next_ar_input(self, k: int, f_hat_BhwC, h_BpnpnC):
     """One autoregressive step: add scale k's codes to f̂; return (f̂, input for scale k+1 or f̂)."""
@@ -201,21 +205,10 @@ class MultiScaleQuantizer(nn.Module):
 
   def __call__(self, f_BhwC):
     """Training forward: (straight-through f̂, VQ loss, per-scale codebook hit counts (K, V))."""
+    rq = self.residual_pass(f_BhwC)
     f_BhwC = f_BhwC.astype(jnp.float32)
-    f_sg = jax.lax.stop_gradient(f_BhwC)
-    f_rest, f_hat = f_sg, jnp.zeros_like(f_sg)
-    loss, hits = 0.0, []
-    for k, pn in enumerate(self.patch_nums):
-      idx_Bl = self.nearest_code(resample.resize(f_rest, pn, 'area'))
-      hits.append(jnp.bincount(idx_Bl.reshape(-1), length=self.vocab_size))
-      h = self.upsample_refine(k, self.lookup(idx_Bl, pn))
-      f_hat = f_hat + h
-      f_rest = f_rest - h
-      # β·‖sg(f̂) - f‖² (commitment, trains the encoder) + ‖f̂ - sg(f)‖² (trains codebook and Φ).
-      loss = loss + self.beta * jnp.mean((jax.lax.stop_gradient(f_hat) - f_BhwC)**2)
-      loss = loss + jnp.mean((f_hat - f_sg)**2)
-    f_hat_st = jax.lax.stop_gradient(f_hat) - f_sg + f_BhwC
-    return f_hat_st, loss / self.num_scales, jnp.stack(hits)
+    f_hat_st = jax.lax.stop_gradient(rq.f_hats[-1]) - jax.lax.stop_gradient(f_BhwC) + f_BhwC
+    return f_hat_st, rq.vq_loss, rq.code_hits
 
 
 def _symmetric_uniform(bound):

@@ -6,10 +6,10 @@ the leading axis a batch of independent samples; residuals are per sample, L2 ov
   solve             no-grad Picard or Anderson iteration under `lax.while_loop`, optional per-sample
                     early stop.
   jfb_fixed_point   training forward: K no-grad iterations, then m differentiated ones (VIAR's JFB).
-  iteration_schedule / reference_iteration_schedule
-                    per-scale iteration counts interpolated between the first and last scale.
+
+Per-scale iteration counts of the sampler are in viar_jax.sample.schedule.
 """
-from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, NamedTuple, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -221,34 +221,3 @@ def draw_jfb_iters(key: jax.Array, no_grad_range: Tuple[int, int] = (0, 10),
   draw = lambda k, r: jax.random.randint(k, (), r[0], r[1] + 1, dtype=jnp.int32)
   return draw(key_k, no_grad_range), draw(key_m, with_grad_range)
 
-
-def _checked_counts(counts: Sequence[int], iter_left, iter_right) -> Tuple[int, ...]:
-  counts = tuple(counts)
-  if min(counts) < 1:
-    raise ValueError(f'iterations {iter_left} -> {iter_right} give a scale with < 1 iteration: '
-                     f'{counts}')
-  return counts
-
-
-def iteration_schedule(iter_left: float, iter_right: float, num_scales: int) -> Tuple[int, ...]:
-  """Per-scale counts int(x) for x in linspace(iter_left, iter_right, num_scales) (truncated).
-
-  10 -> 5 over 10 scales: (10, 9, 8, 8, 7, 7, 6, 6, 5, 5); 10 -> 2: (10, 9, 8, 7, 6, 5, 4, 3, 2, 2).
-  """
-  if num_scales < 1:
-    raise ValueError(f'num_scales must be >= 1, got {num_scales}')
-  return _checked_counts((int(x) for x in np.linspace(iter_left, iter_right, num_scales)),
-                         iter_left, iter_right)
-
-
-def reference_iteration_schedule(iter_left: float, iter_right: float,
-                                 num_scales: int) -> Tuple[int, ...]:
-  """The reference's schedule: always a 10-point linspace, cut to the first num_scales entries.
-
-  So fewer than 10 scales never reach iter_right: (4, 1) over 4 scales -> (4, 3, 3, 3),
-  (1, 4) -> (1, 1, 1, 2), (1, 10) -> (1, 2, 3, 4). More than 10 scales cannot be expressed.
-  """
-  if not 1 <= num_scales <= 10:
-    raise ValueError(f'the reference schedule has 1..10 scales, got {num_scales}')
-  counts = [int(x) for x in np.linspace(iter_left, iter_right, 10)][:num_scales]
-  return _checked_counts(counts, iter_left, iter_right)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from viar_jax.models import blocks, solvers
+from viar_jax.models import blocks, implicit, solvers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +108,15 @@ class TransformerConfig:
   def drop_path_rates(self) -> Tuple[float, ...]:
     return tuple(float(r) for r in np.linspace(0, self.drop_path_rate, self.depth))
 
+  def block_config(self) -> blocks.BlockConfig:
+    return blocks.BlockConfig(
+        num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, attn_l2_norm=self.attn_l2_norm,
+        shared_aln=self.shared_aln, norm_eps=self.norm_eps, drop_rate=self.drop_rate,
+        attn_drop_rate=self.attn_drop_rate, init_std=self.init_std,
+        residual_init_factor=1 / math.sqrt(2 * self.depth), aln_init=self.aln_init,
+        aln_gamma_init=self.aln_gamma_init, dtype=self.dtype,
+        attn_implementation=self.attn_implementation)
+
 
 def token_levels(patch_nums) -> np.ndarray:
   """(L,) scale index of every token."""
@@ -120,24 +129,14 @@ def block_causal_mask(patch_nums) -> np.ndarray:
   return lvl[:, None] >= lvl[None, :]
 
 
-def make_block(c: TransformerConfig, drop_path_rate: float) -> blocks.AdaLNBlock:
-  return blocks.AdaLNBlock(
-      c.num_heads, c.mlp_ratio, c.attn_l2_norm, c.shared_aln, c.norm_eps, c.drop_rate,
-      c.attn_drop_rate, drop_path_rate, c.init_std, 1 / math.sqrt(2 * c.depth), c.aln_init,
-      c.aln_gamma_init, jnp.dtype(c.dtype), c.attn_implementation)
+def make_block(c: TransformerConfig, index: int) -> blocks.AdaLNBlock:
+  """The block at position `index` of the nominal depth (its drop-path rate)."""
+  return blocks.AdaLNBlock(c.block_config(), c.drop_path_rates()[index])
 
 
-class ImplicitProjection(nn.Module):
-  """P: Linear(2C -> 2C) -> GELU(tanh) -> Linear(2C -> C), on [z ; x]."""
-  init_std: float
-
-  @nn.compact
-  def __call__(self, z_BLC, x_BLC):
-    c = z_BLC.shape[-1]
-    h = nn.Dense(2 * c, name='fc1', kernel_init=blocks.trunc_normal(self.init_std),
-                 dtype=z_BLC.dtype)(jnp.concatenate([z_BLC, x_BLC], axis=-1))
-    return nn.Dense(c, name='fc2', kernel_init=blocks.trunc_normal(self.init_std),
-                    dtype=z_BLC.dtype)(jax.nn.gelu(h, approximate=True))
+def implicit_layer(c: TransformerConfig) -> implicit.ImplicitLayer:
+  """VIAR's implicit layer, with the drop-path rate of the middle of the nominal depth."""
+  return implicit.ImplicitLayer(c.block_config(), c.drop_path_rates()[c.depth // 2], c.init_std)
 
 
 class Transformer(nn.Module):
@@ -154,14 +153,14 @@ class Transformer(nn.Module):
     if c.shared_aln:
       self.shared_ada_lin = nn.Dense(6 * dim, kernel_init=blocks.adaln_init(
           std, 2, c.aln_gamma_init, c.aln_init))
-    rates = c.drop_path_rates()
     if c.implicit:
-      self.pre_blocks = [make_block(c, rates[i]) for i in range(c.pre_depth)]
-      self.implicit_block = make_block(c, rates[c.depth // 2])
-      self.implicit_proj = ImplicitProjection(std)
-      self.post_blocks = [make_block(c, rates[c.depth - c.post_depth + i]) for i in range(c.post_depth)]
+      self.pre_blocks = [make_block(c, i) for i in range(c.pre_depth)]
+      # Shares this module's scope, so its params keep the reference's top-level names.
+      self.implicit = implicit_layer(c)
+      nn.share_scope(self, self.implicit)
+      self.post_blocks = [make_block(c, c.depth - c.post_depth + i) for i in range(c.post_depth)]
     else:
-      self.blocks = [make_block(c, rates[i]) for i in range(c.depth)]
+      self.blocks = [make_block(c, i) for i in range(c.depth)]
     self.head_nm = blocks.AdaLNBeforeHead(c.norm_eps, std, c.aln_init)
     self.head = nn.Dense(c.vocab_size, kernel_init=blocks.trunc_normal(std, c.head_init))
 
@@ -197,10 +196,6 @@ class Transformer(nn.Module):
   def logits(self, h_BLC, cond_BD):
     """AdaLN head in fp32 -> (B, L, V)."""
     return self.head(self.head_nm(h_BLC.astype(jnp.float32), cond_BD)).astype(jnp.float32)
-
-  def implicit_step(self, z_BLC, x_BLC, cond, mask_LS, deterministic: bool, cache=None):
-    """One implicit iteration F(z) = Block(P([z; x]), c)."""
-    return self.implicit_block(self.implicit_proj(z_BLC, x_BLC), cond, mask_LS, deterministic, cache)
 
   # --- KV-cached inference (see viar_jax.sample.sampler) ---------------------------------------------------
 
@@ -266,7 +261,7 @@ class Transformer(nn.Module):
       x = blk(x, cond, mask, deterministic)
     no_grad_iters, with_grad_iters = self._jfb_iters(deterministic, no_grad_iters, with_grad_iters)
     if self.is_initializing():
-      self.implicit_step(x, x, cond, mask, deterministic)  # create the implicit params
+      self.implicit(x, x, cond, mask, deterministic)  # create the implicit params
     z = self._jfb(x, cond, mask, deterministic, no_grad_iters, with_grad_iters)
     for blk in self.post_blocks:
       z = blk(z, cond, mask, deterministic)
@@ -287,29 +282,14 @@ class Transformer(nn.Module):
   def _jfb(self, x, cond, mask, deterministic, no_grad_iters, with_grad_iters):
     """Runs the implicit layer as a pure function of its params so loops can close over them."""
     c = self.config
-    names = ('implicit_block', 'implicit_proj')
-    params = {n: self.variables['params'][n] for n in names}
+    params = implicit.ImplicitLayer.params_of(self.variables['params'])
     rngs = {'dropout': self.make_rng('dropout')} if not deterministic else {}
-    # One unbound copy of the two sub-layers, applied with explicit params inside the loops. The
-    # drop-path mask of the implicit block is drawn once per forward and shared by its iterations.
-    unbound = ImplicitLayer(c, parent=None)
+    # The drop-path mask of the implicit block is drawn once per forward and shared by its iterations.
+    layer = self.implicit.pure()
 
     def step(p, z, inj):
-      return unbound.apply({'params': p}, z, inj, cond, mask, deterministic, rngs=rngs)
+      return layer.apply({'params': p}, z, inj, cond, mask, deterministic, rngs=rngs)
 
     max_m = max(c.with_grad_iters_range[1], with_grad_iters if isinstance(with_grad_iters, int) else 0)
     return solvers.jfb_fixed_point(step, params, x, x, no_grad_iters=no_grad_iters,
                                    with_grad_iters=with_grad_iters, max_with_grad_iters=max_m)
-
-
-class ImplicitLayer(nn.Module):
-  """F(z; x, c) = Block(P([z; x]), c) with the param names of the full model."""
-  config: TransformerConfig
-
-  def setup(self):
-    c = self.config
-    self.implicit_block = make_block(c, c.drop_path_rates()[c.depth // 2])
-    self.implicit_proj = ImplicitProjection(c.init_std)
-
-  def __call__(self, z, x, cond, mask, deterministic: bool = True, cache=None):
-    return self.implicit_block(self.implicit_proj(z, x), cond, mask, deterministic, cache)

@@ -142,25 +142,30 @@ class VQVAE(nn.Module):
 
   def img_to_idx(self, img_BHWC) -> List[jax.Array]:
     """Image -> token maps per scale, list of (B, pn_k²) int32."""
-    return self.quantize.f_to_idx_or_fhat(self.encode(img_BHWC), to_fhat=False)
+    return self.quantize.residual_pass(self.encode(img_BHWC)).indices
 
   def img_to_idx_and_var_input(self, img_BHWC):
     """Image -> (token maps per scale, teacher-forcing input (B, L - pn_0², z_channels)) in one pass."""
-    return self.quantize.f_to_idx_and_var_input(self.encode(img_BHWC))
+    rq = self.quantize.residual_pass(self.encode(img_BHWC))
+    return rq.indices, rq.var_input
 
   def img_to_fhats(self, img_BHWC) -> List[jax.Array]:
     """Image -> running f̂ after every scale (the last is the quantized latent)."""
-    return self.quantize.f_to_idx_or_fhat(self.encode(img_BHWC), to_fhat=True)
+    return self.quantize.residual_pass(self.encode(img_BHWC)).f_hats
 
   def idx_to_fhats(self, idx_list) -> List[jax.Array]:
     """Token maps -> cumulative f̂ after each scale, each (B, n, n, z_channels)."""
     self._check_idx(idx_list)
-    return self.quantize.idx_to_fhats(idx_list)
+    return self.quantize.residual_pass(indices=idx_list).f_hats
 
   def idx_to_var_input(self, idx_list):
     """Token maps -> teacher-forcing input of the transformer, (B, L - pn_0², z_channels)."""
     self._check_idx(idx_list)
-    return self.quantize.idx_to_var_input(idx_list)
+    return self.quantize.residual_pass(indices=idx_list).var_input
+
+  def codebook(self) -> jax.Array:
+    """(vocab_size, z_channels) code vectors."""
+    return self.quantize.codebook()
 
   def next_ar_input(self, k: int, f_hat_BhwC, h_BpnpnC):
     """Sampling step at scale k: f̂ += Φ(Up(h)); returns (f̂, next-scale input (B, pn', pn', C))."""

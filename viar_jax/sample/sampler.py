@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from viar_jax.models import resample, solvers, transformer, vqvae
+from viar_jax.models import compat, resample, solvers, transformer, vqvae
 
 CACHE_MODES = ('per_iteration', 'final_iterate')
 
@@ -132,11 +132,7 @@ def make_sampler(vae: vqvae.VQVAE, model: transformer.Transformer, options: Samp
     positions are teacher-forced with the source codes.
   """
   c = model.config
-  if vae.config.patch_nums != c.patch_nums:
-    raise ValueError(f'tokenizer patch_nums {vae.config.patch_nums} != transformer patch_nums '
-                     f'{c.patch_nums}')
-  if vae.config.vocab_size != c.vocab_size or vae.config.z_channels != c.z_channels:
-    raise ValueError('tokenizer and transformer disagree on vocab_size / z_channels')
+  compat.check_pair(vae.config, c)
   iters = iteration_counts(c, options) if c.implicit else None
   if c.implicit and options.cache_mode == 'per_iteration':
     _warn_if_increasing(iters)
@@ -176,7 +172,7 @@ def _sample(vae, model, options, iters, vae_params, params, key, labels, edit=No
   dtype = jnp.dtype(c.dtype)
   call = lambda method, *a: model.apply({'params': params}, *a, method=method)
   vae_call = lambda method, *a: vae.apply({'params': vae_params}, *a, method=method)
-  codebook = vae_params['quantize']['embedding']['embedding']
+  codebook = vae_call(vqvae.VQVAE.codebook)  # (V, Cvae)
 
   labels_2B = jnp.concatenate([labels, jnp.full_like(labels, c.num_classes)])
   x, cond_BD, cond = call(transformer.Transformer.sample_first, labels_2B)
@@ -187,8 +183,8 @@ def _sample(vae, model, options, iters, vae_params, params, key, labels, edit=No
   if c.implicit:
     groups = max(iters) if options.cache_mode == 'per_iteration' else 1
     implicit_cache = (empty(groups), empty(groups))
-    implicit = transformer.ImplicitLayer(c, parent=None)
-    implicit_params = {'params': {n: params[n] for n in ('implicit_block', 'implicit_proj')}}
+    implicit = transformer.implicit_layer(c)
+    implicit_params = {'params': implicit.params_of(params)}
     key_mask = jnp.asarray(per_iteration_key_mask(c.patch_nums, iters))
 
   f_hat = jnp.zeros((b, c.patch_nums[-1], c.patch_nums[-1], c.z_channels), jnp.float32)

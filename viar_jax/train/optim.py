@@ -134,3 +134,22 @@ def make_optimizer(*, peak_lr: float, total_steps: int, warmup_steps: int, wpe: 
   # torch's clip_grad_norm_ scales by clip / (norm + 1e-6), optax by clip / norm: they differ by a
   # relative 1e-6 / norm < 1e-6 / clip_norm, negligible next to float32 training noise.
   return optax.chain(optax.clip_by_global_norm(clip_norm), adamw)
+
+
+def make_tokenizer_optimizer(*, lr: float, steps: int, clip_norm: float = 1.0,
+                             betas: Tuple[float, float] = (0.9, 0.95),
+                             final_lr_fraction: float = 0.05) -> optax.GradientTransformation:
+  """The tokenizer's optimizer (config.tokenizer.lr, .steps): clip, then AdamW without decay.
+
+  lr: linear warm-up from 0 over max(1, steps // 20) steps to `lr`, then a cosine to
+  final_lr_fraction · lr at `steps`.
+  """
+  schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(1, steps // 20), steps,
+                                                lr * final_lr_fraction)
+  return optax.chain(optax.clip_by_global_norm(clip_norm),
+                     optax.adamw(schedule, b1=betas[0], b2=betas[1], weight_decay=0.0))
+
+
+def make_discriminator_optimizer(*, lr: float) -> optax.GradientTransformation:
+  """The patch discriminator's (config.tokenizer.disc_lr): constant Adam(b1=0.5, b2=0.9) as taming."""
+  return optax.adam(lr, b1=0.5, b2=0.9)

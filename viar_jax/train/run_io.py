@@ -4,19 +4,20 @@ Checkpoints: `<workdir>/checkpoints/<step>/{state, data, meta}`: the TrainState 
 optimizer state, step, rng), the data iterator state (JSON) and the run config (JSON). Async saves,
 keep the last N plus every `keep_period`-th step; `restore_latest` resumes a preempted run.
 Metrics: one JSON object per line in `<workdir>/<name>_metrics.jsonl`, TensorBoard scalars in
-`<workdir>/tensorboard/<name>/` (no TensorFlow needed), and a console line with steps/s, images/s, ETA.
+`<workdir>/tensorboard/<name>/` (tensorboardX: no TensorFlow needed), and a console line with steps/s,
+images/s, ETA.
 """
 import json
 import math
 import pathlib
 import time
+import uuid
 from typing import Any, Dict, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-
-from viar_jax import tensorboard
+import tensorboardX
 
 
 class RunCheckpointer:
@@ -60,7 +61,7 @@ class MetricLog:
     self.path.parent.mkdir(parents=True, exist_ok=True)
     self.total, self.batch, self.name = total_steps, batch_size, name
     self.t0, self.step0 = None, None
-    self.tb = tensorboard.SummaryWriter(pathlib.Path(workdir) / 'tensorboard' / name, flush_secs=30)
+    self.tb = scalar_writer(pathlib.Path(workdir) / 'tensorboard' / name)
 
   def write(self, step: int, metrics: Dict[str, Any], console: bool = True) -> Dict[str, float]:
     now = time.perf_counter()
@@ -71,7 +72,9 @@ class MetricLog:
     values.update(step=step, steps_per_s=steps_per_s, images_per_s=steps_per_s * self.batch)
     with self.path.open('a') as f:
       f.write(json.dumps(values) + '\n')
-    self.tb.scalars({k: v for k, v in values.items() if k != 'step' and math.isfinite(v)}, step)
+    for tag, value in values.items():
+      if tag != 'step' and math.isfinite(value):
+        self.tb.add_scalar(tag, value, step)
     if console:
       eta = (self.total - step) / steps_per_s if steps_per_s > 0 else float('nan')
       shown = ' '.join(f'{k} {v:.4g}' for k, v in metrics.items() if k in values)
@@ -79,9 +82,20 @@ class MetricLog:
             f'{steps_per_s * self.batch:.1f} img/s ETA {_fmt(eta)}', flush=True)
     return values
 
-
   def close(self):
     self.tb.close()
+
+
+def scalar_writer(logdir, flush_secs: int = 30) -> tensorboardX.SummaryWriter:
+  """A TensorBoard event-file writer for `logdir` (created if missing).
+
+  tensorboardX names files by second and host and opens them with 'wb': a resumed run that starts a
+  new writer in the same second would truncate the old file, so each writer gets a unique suffix.
+  """
+  logdir = pathlib.Path(logdir)
+  logdir.mkdir(parents=True, exist_ok=True)
+  return tensorboardX.SummaryWriter(str(logdir), max_queue=1000, flush_secs=flush_secs,
+                                    filename_suffix=f'.{uuid.uuid4().hex[:12]}')
 
 
 def _fmt(seconds: float) -> str:

@@ -17,8 +17,10 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from viar_jax.models import implicit
+
 DATA, FSDP = 'data', 'fsdp'
-IMPLICIT_MODULES = ('implicit_block', 'implicit_proj')  # VIAR's implicit layer, see transformer.py
+IMPLICIT_MODULES = implicit.ImplicitLayer.PARAM_NAMES  # VIAR's implicit layer, kept whole
 
 
 def make_mesh(data: int, fsdp: int, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from viar_jax.models import transformer, vqvae
+from viar_jax.models import factory, transformer, vqvae
 from viar_jax.train import progressive
 
 
@@ -31,11 +31,9 @@ class TrainState:
 def create_train_state(model: transformer.Transformer, optimizer: optax.GradientTransformation,
                        key: jax.Array, params=None) -> TrainState:
   """Fresh state; `params` (e.g. converted weights) replaces the random init when given."""
-  c = model.config
   init_key, rng = jax.random.split(key)
   if params is None:
-    x = jnp.zeros((1, c.seq_len - c.patch_nums[0]**2, c.z_channels))
-    params = model.init(init_key, jnp.zeros((1,), jnp.int32), x)['params']
+    params = factory.init_params(model.config, init_key)
   return TrainState(step=jnp.int32(0), params=params, opt_state=optimizer.init(params),
                     rng=jax.random.key_data(rng))
 
@@ -118,7 +116,7 @@ def sharded_train_step(model, vae, vae_params, optimizer, mesh, *, replicate=(),
   """`train_step` jitted for a mesh: state sharded by `sharding.tree_specs`, batch over (data, fsdp),
   the state donated. Returns (step_fn(state, images, labels), create_fn(key), state_sharding,
   batch_sharding); `stage` makes it the step of one progressive-training stage."""
-  from viar_jax import sharding  # pylint: disable=import-outside-toplevel
+  from viar_jax.train import sharding  # pylint: disable=import-outside-toplevel
   create = lambda key: create_train_state(model, optimizer, key)
   shapes = jax.eval_shape(create, jax.random.PRNGKey(0))
   state_sharding = sharding.named_shardings(

@@ -1,0 +1,1 @@
+"""Measurements: sampling throughput and memory (VAR vs VIAR), JFB training memory."""
