@@ -10,7 +10,6 @@ os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=1'  # one CPU 
 os.environ['JAX_PLATFORMS'] = 'cpu'
 
 import jax  # pylint: disable=wrong-import-position
-import numpy as np  # pylint: disable=wrong-import-position
 
 sys.path.insert(0, os.path.dirname(__file__))
 import sharded_setup  # pylint: disable=wrong-import-position

@@ -3,7 +3,7 @@ import jax
 import numpy as np
 
 from viar_jax.models import factory, transformer, vqvae
-from viar_jax.train import optim, sharding, trainer
+from viar_jax.train import optim, sharding, train_step
 
 STEPS, BATCH = 3, 8
 
@@ -24,7 +24,7 @@ def run_steps(data: int, fsdp: int, devices=None, replicate=(), process_slice=No
   labels = rng.integers(0, 5, (STEPS, BATCH)).astype(np.int32)  # includes the null class 4
 
   mesh = sharding.make_mesh(data, fsdp, devices=devices)
-  step, create, _, batch_sharding = trainer.sharded_train_step(model, vae, vae_params, optimizer,
+  step, create, _, batch_sharding = train_step.sharded_train_step(model, vae, vae_params, optimizer,
                                                                mesh, replicate=replicate)
   state, losses = create(jax.random.PRNGKey(3)), []
   for i in range(STEPS):

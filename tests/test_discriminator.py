@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from viar_jax.models import discriminator, vqvae
-from viar_jax.train import tokenizer_trainer
+from viar_jax.train import tokenizer_step
 
 VAE = vqvae.VQVAEConfig(vocab_size=32, z_channels=4, ch=32, ch_mult=(1, 2), num_res_blocks=1,
                         image_size=16, patch_nums=(1, 2, 4, 8))
@@ -51,13 +51,13 @@ def gan():
   disc = discriminator.PatchDiscriminator(ndf=16, n_layers=2)
   vae_opt, disc_opt = optax.adam(2e-3), optax.adam(5e-4, b1=0.5, b2=0.9)
   # An 'rbg' key: XLA:CPU compiles threefry-based inits about 3x slower (8.6 s vs 22 s here).
-  state = jax.jit(lambda k: tokenizer_trainer.create_gan_state(vae, disc, vae_opt, disc_opt, k))(
+  state = jax.jit(lambda k: tokenizer_step.create_gan_state(vae, disc, vae_opt, disc_opt, k))(
       jax.random.key(0, impl='rbg'))
   x = jnp.linspace(-1, 1, 16)
   images = jnp.stack([jnp.sin(3 * (i + 1) * x[:, None] + x[None, :])[..., None].repeat(3, -1)
                       for i in range(4)])  # smooth patterns
   step = jax.jit(functools.partial(
-      tokenizer_trainer.gan_train_step, vae=vae, disc=disc, vae_optimizer=vae_opt,
+      tokenizer_step.gan_train_step, vae=vae, disc=disc, vae_optimizer=vae_opt,
       disc_optimizer=disc_opt, l1_weight=1.0, l2_weight=1.0, disc_weight=0.1,
       disc_start_step=DISC_START))
   return vae, disc, vae_opt, state, images, step

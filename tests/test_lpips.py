@@ -13,8 +13,8 @@ from configs import digits
 from viar_jax.eval import lpips
 from viar_jax.io import convert
 from viar_jax.models import discriminator
-from viar_jax.train import tokenizer_loop, tokenizer_trainer
-from viar_jax.train.trainer import TrainState
+from viar_jax.train import tokenizer_loop, tokenizer_step
+from viar_jax.train.train_step import TrainState
 
 
 def compile_fast(fn, *args):
@@ -227,7 +227,7 @@ def test_tokenizer_step_with_perceptual_loss_and_its_image_gradient(params):
   optimizer = optax.sgd(1.0)
   images = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, (1, 16, 16, 3)), jnp.float32)
   state = _stub_state(optimizer, images)
-  step = compile_fast(lambda s, x, lp: tokenizer_trainer.train_step(
+  step = compile_fast(lambda s, x, lp: tokenizer_step.train_step(
       s, x, vae=StubVAE(), optimizer=optimizer, l1_weight=0.0, l2_weight=0.0,
       perceptual_weight=0.5, lpips_params=lp), state, images, params)
   new, m = step(state, images, params)
@@ -254,25 +254,25 @@ def test_steps_check_the_perceptual_setup_and_the_gan_step_traces(params):
   images = jnp.zeros((2, 16, 16, 3))
   state = jax.eval_shape(lambda: _stub_state(optimizer, images))
   with pytest.raises(ValueError, match='needs LPIPS params'):
-    tokenizer_trainer.train_step(state, images, vae=StubVAE(), optimizer=optimizer,
+    tokenizer_step.train_step(state, images, vae=StubVAE(), optimizer=optimizer,
                                  perceptual_weight=0.5)
   with pytest.raises(ValueError, match='at least 16x16'):  # checked before anything runs
-    tokenizer_trainer.train_step(state, jnp.zeros((2, 8, 8, 3)), vae=StubVAE(),
+    tokenizer_step.train_step(state, jnp.zeros((2, 8, 8, 3)), vae=StubVAE(),
                                  optimizer=optimizer, perceptual_weight=0.5, lpips_params=params)
   with pytest.raises(ValueError, match='must be >= 0'):
-    tokenizer_trainer.train_step(state, images, vae=StubVAE(), optimizer=optimizer,
+    tokenizer_step.train_step(state, images, vae=StubVAE(), optimizer=optimizer,
                                  perceptual_weight=-1.0)
   # The GAN step carries the term too (traced only: jax.eval_shape compiles nothing).
   disc = discriminator.PatchDiscriminator(ndf=8, n_layers=1)
 
   def gan_state():
     disc_params = disc.init(jax.random.PRNGKey(2), images)['params']
-    return tokenizer_trainer.GanTrainState(vae=_stub_state(optimizer, images),
+    return tokenizer_step.GanTrainState(vae=_stub_state(optimizer, images),
                                            disc_params=disc_params,
                                            disc_opt_state=optimizer.init(disc_params))
 
   _, m = jax.eval_shape(functools.partial(
-      tokenizer_trainer.gan_train_step, vae=StubVAE(), disc=disc, vae_optimizer=optimizer,
+      tokenizer_step.gan_train_step, vae=StubVAE(), disc=disc, vae_optimizer=optimizer,
       disc_optimizer=optimizer, perceptual_weight=0.5), jax.eval_shape(gan_state), images,
                         lpips_params=lpips.abstract_params())
   assert 'perceptual' in m and 'adaptive_weight' in m

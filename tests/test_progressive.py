@@ -1,5 +1,4 @@
 """Progressive training: the reference's stage schedule, prefix forwards, and the weighted loss."""
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +7,7 @@ import optax
 import pytest
 
 from viar_jax.models import factory, transformer, vqvae
-from viar_jax.train import progressive, trainer
+from viar_jax.train import progressive, train_step
 
 
 def reference_prog_si(g_it, *, pg, pg0, wp_it, max_it, num_scales):
@@ -27,7 +26,7 @@ def reference_prog_si(g_it, *, pg, pg0, wp_it, max_it, num_scales):
 
 
 def reference_weights(steps, **kw):
-  """VAR trainer.py's stateful prog_it / first_prog bookkeeping, run step by step."""
+  """VAR train_step.py's stateful prog_it / first_prog bookkeeping, run step by step."""
   prog_it, last, first, out = 0, -1, True, []
   for g_it in range(steps):
     si = reference_prog_si(g_it, **{k: kw[k] for k in ('pg', 'pg0', 'wp_it', 'max_it',
@@ -106,15 +105,15 @@ def test_stage_step_trains_the_prefix_with_the_reference_weights():
   images = jax.random.uniform(jax.random.PRNGKey(1), (4, 8, 8, 3), minval=-1, maxval=1)
   labels = jnp.arange(4, dtype=jnp.int32)
   optimizer = optax.sgd(0.0)
-  state = trainer.create_train_state(model, optimizer, jax.random.PRNGKey(2),
+  state = train_step.create_train_state(model, optimizer, jax.random.PRNGKey(2),
                                      params=factory.random_params(cfg)).replace(step=jnp.int32(7))
   stage = progressive.Stage(num_scales=3, start_step=6, ramp_steps=8.0)  # 2nd step: weight 0.25
 
   @jax.jit
   def step_and_reference(state):  # one program, so both see the same tokens
-    _, metrics = trainer.train_step(state, images, labels, model=model, vae=vae,
+    _, metrics = train_step.train_step(state, images, labels, model=model, vae=vae,
                                     vae_params=vae_params, optimizer=optimizer, stage=stage)
-    gt, x = trainer.tokenize(vae, vae_params, images)
+    gt, x = train_step.tokenize(vae, vae_params, images)
     logits = model.apply({'params': state.params}, labels, x[:, :13])  # the 3-scale prefix
     ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), gt[:, :14, None], -1)[..., 0]
     return metrics, ce  # VAR without drop-path or cond-drop: the same forward

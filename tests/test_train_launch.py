@@ -96,7 +96,11 @@ def test_bad_run_configs_fail_before_compute(tmp_path, change, error, match):
 def test_model_patch_nums_must_match_the_tokenizer():
   c = digits.get_config()
   c.model.patch_nums = (1, 2, 4)
-  with pytest.raises(ValueError, match='inconsistent with the tokenizer'):
+  with pytest.raises(ValueError, match=r'tokenizer patch_nums \(1, 2, 3, 4\) != transformer'):
+    run_config.transformer_config(c.model, run_config.vqvae_config(c.tokenizer.vqvae))
+  c = digits.get_config()
+  c.model.vocab_size = 32
+  with pytest.raises(ValueError, match='vocab_size: tokenizer 64 vs transformer 32'):
     run_config.transformer_config(c.model, run_config.vqvae_config(c.tokenizer.vqvae))
   c = digits.get_config()
   c.model.unknown_knob = 1

@@ -71,22 +71,24 @@ def path_to_reference_key(path: Tuple[str, ...]) -> str:
   return key
 
 
+_CONV_TO_REFERENCE, _CONV_FROM_REFERENCE = (3, 2, 0, 1), (2, 3, 1, 0)  # HWIO -> OIHW and back
+
+
+def _relayout(leaf: str, x: np.ndarray, conv_axes) -> np.ndarray:
+  """Dense kernels transpose (their own inverse); conv kernels permute by `conv_axes`."""
+  if leaf != 'kernel' or x.ndim not in (2, 4):
+    return x
+  return x.T if x.ndim == 2 else np.transpose(x, conv_axes)
+
+
 def to_reference_layout(leaf: str, x: np.ndarray) -> np.ndarray:
   """A Flax leaf in PyTorch's layout: Dense (in, out) -> (out, in), Conv HWIO -> OIHW."""
-  if leaf == 'kernel' and x.ndim == 2:
-    return x.T
-  if leaf == 'kernel' and x.ndim == 4:
-    return np.transpose(x, (3, 2, 0, 1))
-  return x
+  return _relayout(leaf, x, _CONV_TO_REFERENCE)
 
 
 def from_reference_layout(leaf: str, x: np.ndarray) -> np.ndarray:
   """Inverse of `to_reference_layout`."""
-  if leaf == 'kernel' and x.ndim == 2:
-    return x.T
-  if leaf == 'kernel' and x.ndim == 4:
-    return np.transpose(x, (2, 3, 1, 0))
-  return x
+  return _relayout(leaf, x, _CONV_FROM_REFERENCE)
 
 
 def reference_shape(leaf: str, shape) -> Tuple[int, ...]:

@@ -10,12 +10,7 @@ a model section that names them must agree. Checkpoints' config.json files go th
 import dataclasses
 from typing import Any, Mapping
 
-import numpy as np
-
-from viar_jax.models import transformer, vqvae
-
-# Facts of the tokenizer that the transformer must share.
-TOKENIZER_FIELDS = ('patch_nums', 'vocab_size', 'z_channels')
+from viar_jax.models import compat, transformer, vqvae
 
 
 def _plain(section) -> dict:
@@ -38,11 +33,11 @@ def vqvae_config(section) -> vqvae.VQVAEConfig:
 
 
 def transformer_config(section, tokenizer: vqvae.VQVAEConfig) -> transformer.TransformerConfig:
-  """From `config.model`, with TOKENIZER_FIELDS taken from the tokenizer's config."""
+  """From `config.model`; scales, vocabulary and latent width default to the tokenizer's, and a
+  section that names them must agree with it (`compat.check_pair`)."""
   values = _plain(section)
-  for k in TOKENIZER_FIELDS:
-    if k in values and tuple(np.atleast_1d(values[k])) != tuple(np.atleast_1d(getattr(tokenizer, k))):
-      raise ValueError(f'config.model.{k}={values[k]} is inconsistent with the tokenizer '
-                       f'({getattr(tokenizer, k)})')
-  values.update({k: getattr(tokenizer, k) for k in TOKENIZER_FIELDS})
-  return dataclass_from(transformer.TransformerConfig, values, 'config.model')
+  for name in ('patch_nums', 'vocab_size', 'z_channels'):
+    values.setdefault(name, getattr(tokenizer, name))
+  config = dataclass_from(transformer.TransformerConfig, values, 'config.model')
+  compat.check_pair(tokenizer, config)
+  return config

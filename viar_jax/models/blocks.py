@@ -7,39 +7,19 @@ KV cache (sampling): `cache = (k_BSHd, v_BSHd, start)` with preallocated buffers
 call's keys/values at [start, start + L) and attends to [0, start + L). `start` is a Python int, so
 every scale is a static slice.
 """
-import dataclasses
 import math
-from typing import Callable, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+if TYPE_CHECKING:  # blocks only read its fields; the transformer module imports this one
+  from viar_jax.models.transformer import TransformerConfig
+
 MAX_SCALE_MUL = float(np.log(np.float32(100.0)))  # the reference clamps the log-scale at ln 100
 Cache = Tuple[jax.Array, jax.Array, int]
-
-
-@dataclasses.dataclass(frozen=True)
-class BlockConfig:
-  """What every AdaLN block of one transformer shares (`TransformerConfig.block_config()` builds it).
-
-  residual_init_factor rescales the init of the residual output projections (attn.proj, ffn.fc2):
-  1/√(2·depth) in the reference. dtype is the compute dtype; params stay float32.
-  """
-  num_heads: int
-  mlp_ratio: float = 4.0
-  attn_l2_norm: bool = True
-  shared_aln: bool = False
-  norm_eps: float = 1e-6
-  drop_rate: float = 0.0
-  attn_drop_rate: float = 0.0
-  init_std: float = 0.02
-  residual_init_factor: float = 1.0
-  aln_init: float = 0.5
-  aln_gamma_init: float = 1e-5
-  dtype: str = 'float32'
-  attn_implementation: Optional[str] = None  # for jax.nn.dot_product_attention: None, 'xla', 'cudnn'
 
 
 def trunc_normal(std: float, factor: float = 1.0) -> Callable:
@@ -161,7 +141,7 @@ class AdaLNBlock(nn.Module):
   shared_aln: `cond` is the already projected (B, 1, 6, C) shared modulation, and the block adds its
   own `ada_gss` (1, 1, 6, C) instead of owning an `ada_lin`.
   """
-  config: BlockConfig
+  config: 'TransformerConfig'  # width-independent block settings: heads, norms, dropout, init
   drop_path_rate: float = 0.0  # this block's stochastic depth (rates grow with depth)
 
   @nn.compact

@@ -5,13 +5,16 @@ they sit at the top level of the model's params next to `pre_blocks_*` / `post_b
 as the converter and released checkpoints lay them out. Training (JFB), both sampler cache modes
 and the sharding rules select the layer's params through `params_of` rather than by spelling names.
 """
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from viar_jax.models import blocks
+
+if TYPE_CHECKING:
+  from viar_jax.models.transformer import TransformerConfig
 
 
 class ImplicitProjection(nn.Module):
@@ -29,15 +32,14 @@ class ImplicitProjection(nn.Module):
 
 class ImplicitLayer(nn.Module):
   """One iteration z -> F(z; x, c); `cache` as in `blocks.AdaLNBlock` (returns (z, new_cache))."""
-  block: blocks.BlockConfig
+  config: 'TransformerConfig'
   drop_path_rate: float = 0.0
-  init_std: float = 0.02
 
   PARAM_NAMES = ('implicit_block', 'implicit_proj')  # the attribute names set in setup
 
   def setup(self):
-    self.implicit_block = blocks.AdaLNBlock(self.block, self.drop_path_rate)
-    self.implicit_proj = ImplicitProjection(self.init_std)
+    self.implicit_block = blocks.AdaLNBlock(self.config, self.drop_path_rate)
+    self.implicit_proj = ImplicitProjection(self.config.init_std)
 
   def __call__(self, z_BLC, x_BLC, cond, mask_LS=None, deterministic: bool = True,
                cache: Optional[blocks.Cache] = None):

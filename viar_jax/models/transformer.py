@@ -108,14 +108,10 @@ class TransformerConfig:
   def drop_path_rates(self) -> Tuple[float, ...]:
     return tuple(float(r) for r in np.linspace(0, self.drop_path_rate, self.depth))
 
-  def block_config(self) -> blocks.BlockConfig:
-    return blocks.BlockConfig(
-        num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, attn_l2_norm=self.attn_l2_norm,
-        shared_aln=self.shared_aln, norm_eps=self.norm_eps, drop_rate=self.drop_rate,
-        attn_drop_rate=self.attn_drop_rate, init_std=self.init_std,
-        residual_init_factor=1 / math.sqrt(2 * self.depth), aln_init=self.aln_init,
-        aln_gamma_init=self.aln_gamma_init, dtype=self.dtype,
-        attn_implementation=self.attn_implementation)
+  @property
+  def residual_init_factor(self) -> float:
+    """Init rescale of the blocks' residual output projections (attn.proj, ffn.fc2)."""
+    return 1 / math.sqrt(2 * self.depth)
 
 
 def token_levels(patch_nums) -> np.ndarray:
@@ -131,12 +127,12 @@ def block_causal_mask(patch_nums) -> np.ndarray:
 
 def make_block(c: TransformerConfig, index: int) -> blocks.AdaLNBlock:
   """The block at position `index` of the nominal depth (its drop-path rate)."""
-  return blocks.AdaLNBlock(c.block_config(), c.drop_path_rates()[index])
+  return blocks.AdaLNBlock(c, c.drop_path_rates()[index])
 
 
 def implicit_layer(c: TransformerConfig) -> implicit.ImplicitLayer:
   """VIAR's implicit layer, with the drop-path rate of the middle of the nominal depth."""
-  return implicit.ImplicitLayer(c.block_config(), c.drop_path_rates()[c.depth // 2], c.init_std)
+  return implicit.ImplicitLayer(c, c.drop_path_rates()[c.depth // 2])
 
 
 class Transformer(nn.Module):

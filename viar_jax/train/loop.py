@@ -23,7 +23,7 @@ from viar_jax import profiling
 from viar_jax.io import checkpoint, png, run_config
 from viar_jax.models import factory, transformer, vqvae
 from viar_jax.sample import sampler
-from viar_jax.train import optim, progressive, run_io, sharding, tokenizer_loop, trainer
+from viar_jax.train import optim, progressive, run_io, sharding, tokenizer_loop, train_step
 
 
 def check_run_config(c, num_devices: int, process_count: int):
@@ -121,7 +121,7 @@ def train(c, workdir: str, stop_after: int = None):
   def compiled_step(stage):
     """The AOT-compiled train step of a progressive stage (one stage when not progressive)."""
     if stage not in compiled_steps:
-      step_fn = trainer.sharded_train_step(
+      step_fn = train_step.sharded_train_step(
           model, vae, vae_params, optimizer, mesh, replicate=replicate,
           label_smoothing=c.optim.label_smoothing, stage=stage if prog.enabled else None)[0]
       compiled, report = profiling.compile_with_report(step_fn, state_shapes, *batch_shapes)
@@ -130,7 +130,7 @@ def train(c, workdir: str, stop_after: int = None):
       compiled_steps[stage] = compiled
     return compiled_steps[stage]
 
-  _, create, state_sharding, batch_sharding = trainer.sharded_train_step(
+  _, create, state_sharding, batch_sharding = train_step.sharded_train_step(
       model, vae, vae_params, optimizer, mesh, replicate=replicate)
   state_shapes = jax.eval_shape(create, jax.random.PRNGKey(0))
   print(f'{"VIAR" if mcfg.implicit else "VAR"}: C={mcfg.embed_dim} depth={mcfg.depth} '

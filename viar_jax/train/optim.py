@@ -1,6 +1,6 @@
 """VAR's optimiser as optax: global-norm clip -> AdamW with per-step lr and weight-decay schedules.
 
-Reference: VAR `utils/lr_control.py` (`lr_wd_annealing`, `filter_params`) and `trainer.py`; see
+Reference: VAR `utils/lr_control.py` (`lr_wd_annealing`, `filter_params`) and `train_step.py`; see
 shared/spec/VAR.md §4. At iteration `it` the reference sets lr(it) and wd(it) on the param groups,
 clips the gradients to global L2 norm `tclip`, then runs `torch.optim.AdamW`, i.e.
 

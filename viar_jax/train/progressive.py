@@ -7,7 +7,7 @@ stage. Weights stay 1/L of the full sequence (not renormalised), and the last st
 training. Everything is a pure function of the global step, so a resumed run continues exactly;
 each stage is one compiled train step (static sequence length).
 
-Reference: VAR `train.py` (prog_si) and `trainer.py` (prog_wp, loss weights); shared/spec/VAR.md §4.
+Reference: VAR `train.py` (prog_si) and `train_step.py` (prog_wp, loss weights); shared/spec/VAR.md §4.
 """
 import bisect
 import dataclasses

@@ -18,7 +18,7 @@ from viar_jax import data as data_lib
 from viar_jax.eval import lpips
 from viar_jax.io import checkpoint, png, run_config
 from viar_jax.models import discriminator, vqvae
-from viar_jax.train import optim, run_io, tokenizer_trainer
+from viar_jax.train import optim, run_io, tokenizer_step
 
 
 def train_or_load(c, out_dir):
@@ -56,20 +56,20 @@ def train(c, out_dir):
   vae = vqvae.VQVAE(cfg)
   optimizer = optim.make_tokenizer_optimizer(lr=t.lr, steps=t.steps)
   use_gan = t.get('disc_weight', 0.0) > 0
-  if use_gan:  # VQGAN-style patch discriminator (tokenizer_trainer.gan_train_step)
+  if use_gan:  # VQGAN-style patch discriminator (tokenizer_step.gan_train_step)
     disc = discriminator.PatchDiscriminator(ndf=t.disc_ndf, n_layers=t.disc_layers)
     disc_optimizer = optim.make_discriminator_optimizer(lr=t.disc_lr)
-    state = jax.jit(lambda k: tokenizer_trainer.create_gan_state(
+    state = jax.jit(lambda k: tokenizer_step.create_gan_state(
         vae, disc, optimizer, disc_optimizer, k))(jax.random.PRNGKey(c.seed))
-    step_fn = jax.jit(lambda s, x, lp: tokenizer_trainer.gan_train_step(
+    step_fn = jax.jit(lambda s, x, lp: tokenizer_step.gan_train_step(
         s, x, vae=vae, disc=disc, vae_optimizer=optimizer, disc_optimizer=disc_optimizer,
         l1_weight=t.l1_weight, l2_weight=t.l2_weight, disc_weight=t.disc_weight,
         disc_start_step=t.disc_start_step, perceptual_weight=perceptual_weight,
         lpips_params=lp), donate_argnums=(0,))
   else:
-    state = jax.jit(lambda k: tokenizer_trainer.create_state(vae, optimizer, k))(
+    state = jax.jit(lambda k: tokenizer_step.create_state(vae, optimizer, k))(
         jax.random.PRNGKey(c.seed))
-    step_fn = jax.jit(lambda s, x, lp: tokenizer_trainer.train_step(
+    step_fn = jax.jit(lambda s, x, lp: tokenizer_step.train_step(
         s, x, vae=vae, optimizer=optimizer, l1_weight=t.l1_weight, l2_weight=t.l2_weight,
         perceptual_weight=perceptual_weight, lpips_params=lp), donate_argnums=(0,))
   source = data_lib.open_source(c.data.name, 'train', c.data.data_dir)

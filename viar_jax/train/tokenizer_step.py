@@ -25,7 +25,7 @@ import optax
 
 from viar_jax.eval import lpips
 from viar_jax.models import discriminator, vqvae
-from viar_jax.train.trainer import TrainState
+from viar_jax.train.train_step import TrainState
 
 
 def create_state(vae: vqvae.VQVAE, optimizer: optax.GradientTransformation, key) -> TrainState:

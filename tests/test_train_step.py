@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from viar_jax.models import factory, transformer, vqvae
-from viar_jax.train import tokenizer_trainer, trainer
+from viar_jax.train import tokenizer_step, train_step
 
 VAE = vqvae.VQVAEConfig(vocab_size=32, z_channels=4, ch=32, ch_mult=(1, 2), num_res_blocks=1,
                         image_size=8, patch_nums=(1, 2, 4))
@@ -31,9 +31,9 @@ def setup():
 def test_train_step_learns_a_fixed_batch_and_is_deterministic(setup):
   vae, vae_params, model, images, labels = setup
   optimizer = optax.adamw(3e-3, b1=0.9, b2=0.95)
-  step = jax.jit(functools.partial(trainer.train_step, model=model, vae=vae, vae_params=vae_params,
+  step = jax.jit(functools.partial(train_step.train_step, model=model, vae=vae, vae_params=vae_params,
                                    optimizer=optimizer))
-  create = jax.jit(lambda key: trainer.create_train_state(model, optimizer, key))
+  create = jax.jit(lambda key: train_step.create_train_state(model, optimizer, key))
   state = initial = create(jax.random.PRNGKey(2))
   losses = []
   for _ in range(25):
@@ -45,7 +45,7 @@ def test_train_step_learns_a_fixed_batch_and_is_deterministic(setup):
   jax.tree.map(np.testing.assert_array_equal, create(jax.random.PRNGKey(2)), initial)
   _, m1 = step(initial, images, labels)
   assert float(m1['loss']) == losses[0]
-  eval_metrics = jax.jit(functools.partial(trainer.eval_step, model=model, vae=vae,
+  eval_metrics = jax.jit(functools.partial(train_step.eval_step, model=model, vae=vae,
                                            vae_params=vae_params))(state.params, images, labels)
   # Measured: token accuracy 0.006 -> 0.36 (the most frequent token is 0.19 of this batch's
   # targets), last-scale CE 3.46 (log 32, chance) -> 1.87.
@@ -56,8 +56,8 @@ def test_train_step_learns_a_fixed_batch_and_is_deterministic(setup):
 def test_label_smoothing_changes_only_the_objective():
   logits = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 7))
   gt = jnp.array([[0, 1, 2, 3, 4], [6, 5, 4, 3, 2]])
-  plain = trainer.token_metrics(logits, gt, 2)
-  smooth = trainer.token_metrics(logits, gt, 2, label_smoothing=0.1)
+  plain = train_step.token_metrics(logits, gt, 2)
+  smooth = train_step.token_metrics(logits, gt, 2, label_smoothing=0.1)
   assert float(plain['ce']) == float(smooth['ce']) == float(plain['loss'])
   logp = jax.nn.log_softmax(logits)
   want = jnp.mean(0.9 * -jnp.take_along_axis(logp, gt[..., None], -1)[..., 0] - 0.1 * logp.mean(-1))
@@ -67,11 +67,11 @@ def test_label_smoothing_changes_only_the_objective():
 def test_tokenizer_training_reduces_the_reconstruction_error():
   vae = vqvae.VQVAE(VAE)
   optimizer = optax.adam(2e-3)
-  state = tokenizer_trainer.create_state(vae, optimizer, jax.random.PRNGKey(0))
+  state = tokenizer_step.create_state(vae, optimizer, jax.random.PRNGKey(0))
   x = jnp.linspace(-1, 1, 8)
   images = jnp.stack([jnp.sin(3 * (i + 1) * x[:, None] + x[None, :])[..., None].repeat(3, -1)
                       for i in range(8)])  # smooth patterns
-  step = jax.jit(functools.partial(tokenizer_trainer.train_step, vae=vae, optimizer=optimizer))
+  step = jax.jit(functools.partial(tokenizer_step.train_step, vae=vae, optimizer=optimizer))
   l2 = []
   for _ in range(30):
     state, metrics = step(state, images)
