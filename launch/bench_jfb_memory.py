@@ -5,8 +5,9 @@
 Prints one table (viar_jax.bench.jfb_memory); K should cost nothing and every extra differentiated
 iteration about one carry (B·L·C floats).
 """
-from absl import app, flags
+from absl import flags
 
+from viar_jax import cli
 from viar_jax.bench import jfb_memory
 
 _EMBED_DIM = flags.DEFINE_integer('embed_dim', 128, 'width of the VIAR-d30 layout')
@@ -20,4 +21,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -9,8 +9,9 @@ iteration schedule and KV-cache mode. Writes benchmark.md, benchmark.json and be
 """
 import os
 
-from absl import app, flags
+from absl import flags
 
+from viar_jax import cli
 from viar_jax.bench import sampling
 
 _DEPTH = flags.DEFINE_integer('depth', None, 'VAR depth = VIAR nominal depth (30)')
@@ -42,4 +43,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -10,8 +10,9 @@ safe (`torch.load(weights_only=True)`, memory-mapped) and strict: every unknown 
 shape mismatch is listed in one error, before anything is written. `.npz` and `.safetensors` state
 dicts are accepted too. The output directory holds `config.json` and orbax `params/`.
 """
-from absl import app, flags
+from absl import flags
 
+from viar_jax import cli
 from viar_jax.io import released
 
 _SRC = flags.DEFINE_string('src', None, 'reference checkpoint (.pth, .npz, .safetensors)', required=True)
@@ -26,4 +27,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -21,6 +21,7 @@ out/evaluate) and prints a markdown table.
 """
 from absl import app, flags
 
+from viar_jax import cli
 from viar_jax.eval import digits_eval, evaluate
 from viar_jax.sample import pair, sampling_flags
 
@@ -58,4 +59,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -11,8 +11,9 @@ ramp, or one count per scale), then a VAR row (none when --var_dir is empty): di
 accuracy, images/s and compiled memory. Writes quality_curve.md, .json, .png and grids/ under --out
 (viar_jax.eval.quality_curve).
 """
-from absl import app, flags
+from absl import flags
 
+from viar_jax import cli
 from viar_jax.eval import digits_eval, quality_curve
 
 _VIAR_DIR = flags.DEFINE_string('viar_dir', 'out/digits',
@@ -45,4 +46,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

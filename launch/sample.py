@@ -16,6 +16,7 @@ num_classes, for pure in/out-painting).
 """
 from absl import app, flags
 
+from viar_jax import cli
 from viar_jax.sample import edit, generate, pair, sampling_flags
 
 sampling_flags.define()
@@ -43,4 +44,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -5,8 +5,9 @@
 Prints the per-scale token agreement and f̂ / image errors against the official PyTorch outputs and
 writes `<out>/scales.png` (viar_jax.eval.tokenizer_round_trip).
 """
-from absl import app, flags
+from absl import flags
 
+from viar_jax import cli
 from viar_jax.eval import tokenizer_round_trip
 
 _FIXTURE_DIR = flags.DEFINE_string('fixture_dir', 'tests/fixtures/reference_small',
@@ -20,4 +21,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

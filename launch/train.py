@@ -12,9 +12,10 @@ both axes. A run resumes from the latest checkpoint in its workdir; SIGTERM save
 import os
 
 import jax
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from viar_jax import cli
 from viar_jax.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/digits.py', 'training config file')
@@ -32,4 +33,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -13,9 +13,9 @@ The perceptual loss needs user-supplied weights (nothing is downloaded) and imag
 """
 import pathlib
 
-from absl import app
 from ml_collections import config_flags
 
+from viar_jax import cli
 from viar_jax.train import tokenizer_loop
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/digits.py', 'training config file')
@@ -28,4 +28,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -1,0 +1,53 @@
+"""How every launcher runs: absl flags, and errors the user can act on as one line with exit status 2.
+
+    if __name__ == '__main__':
+      cli.run(main)
+
+Expected errors are the user's to fix: bad flags, missing or unwritable files, bad configs, damaged
+or mismatched checkpoints, a diverged run. They print as `error: <what went wrong>` on stderr and
+exit with status 2 (absl's usage errors included); `--verbose` shows the traceback instead.
+Anything else is a bug and keeps its traceback.
+"""
+import sys
+from typing import Callable, NoReturn, Sequence
+
+from absl import app, flags
+
+# ValueError covers bad values and configs (checkpoint errors derive from it), OSError missing,
+# unreadable and unwritable files, FloatingPointError a run that stopped on a NaN / inf.
+EXPECTED_ERRORS = (ValueError, OSError, FloatingPointError, app.UsageError)
+EXIT_USER_ERROR = 2
+
+_VERBOSE = flags.DEFINE_bool('verbose', False, 'on an error, show the full traceback')
+
+
+def one_line(error: BaseException) -> str:
+  """The error's message on one line (multi-line messages joined with '; ')."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return '; '.join(lines) or type(error).__name__
+
+
+def fail(message: str) -> NoReturn:
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  sys.exit(EXIT_USER_ERROR)
+
+
+def _parse_flags(argv: Sequence[str]):
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(f'{one_line(e)} (see --help)')
+
+
+def run(main: Callable[[Sequence[str]], None]) -> None:
+  """`absl.app.run(main)` with expected errors turned into one line and exit status 2."""
+
+  def guarded(argv):
+    try:
+      return main(argv)
+    except EXPECTED_ERRORS as e:
+      if _VERBOSE.value:
+        raise
+      fail(one_line(e))
+
+  app.run(guarded, flags_parser=_parse_flags)
