@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from viar_jax.bench import sampling
+from viar_jax.bench import jfb_time, sampling
 
 pytestmark = pytest.mark.usefixtures('fast_compiles')  # plumbing, not numerics
 
@@ -55,3 +55,17 @@ def test_settings_check_their_arguments():
     sampling.resolve(quick=True, repeats=0)
   with pytest.raises(ValueError, match='--dtype must be one of'):
     sampling.resolve(quick=True, dtype='float64')
+
+
+def test_jfb_time_table_at_tiny_shapes(capsys):
+  """The JFB timing script runs both programs at every m and reports ratios to m_max (no timing
+  target here: performance targets live in the script's output, see launch.bench_jfb_time)."""
+  rows = jfb_time.run(embed_dim=64, batch=1, repeats=1, m_values=(1, 12))
+  assert [(r['program'], r['with_grad_iters']) for r in rows] == [
+      ('implicit layer', 1), ('implicit layer', 12), ('VIAR step', 1), ('VIAR step', 12)]
+  for r in rows:
+    assert r['seconds'] > 0
+    assert r['vs_m_max'] == (1.0 if r['with_grad_iters'] == 12 else
+                             r['seconds'] / next(q['seconds'] for q in rows if
+                                                 q['program'] == r['program'] and q['with_grad_iters'] == 12))
+  assert 'implicit layer' in capsys.readouterr().out

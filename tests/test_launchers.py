@@ -12,6 +12,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # names on absl's global FlagValues, so each one's flags are removed before the next is imported).
 CASES = {
     'bench_jfb_memory': (['--full_scales', '--batch=4'], {'full_scales': True, 'batch': 4}),
+    'bench_jfb_time': (['--repeats=5'], {'repeats': 5, 'embed_dim': 256}),
     'benchmark': (['--quick', '--patch_nums=1,2', '--noisolate'],
                   {'quick': True, 'patch_nums': ['1', '2'], 'isolate': False, 'out': 'out/benchmark'}),
     'convert': (['--src=a.pth', '--dst=ckpt/a', '--model=var_d16'], {'model': 'var_d16'}),

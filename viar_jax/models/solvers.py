@@ -171,9 +171,10 @@ def jfb_fixed_point(step: Callable[[Any, jax.Array, Any], jax.Array], params: An
   Phase 1 runs z <- step(sg(params), z, sg(injection)) K times from sg(z0) in a while_loop and
   stop-gradients the result, so neither params nor injection get gradient from it (and the loop is
   never linearized). Phase 2 runs z <- step(params, z, injection) m times with everything live, as a
-  fixed-length scan of max_with_grad_iters checkpointed steps where step i applies iff i < m. A
-  traced m therefore does not recompile; the backward pass stores one carry per scan step and
-  recomputes the step, and the masked-out steps pass the cotangent through unchanged.
+  fixed-length scan of max_with_grad_iters checkpointed steps where step i runs iff i < m (a
+  `lax.cond`, so steps past m cost nothing in the forward, recompute or backward pass). A traced m
+  therefore does not recompile; the backward pass stores one carry per scan step and recomputes the
+  step, and the skipped steps pass the cotangent through unchanged.
 
   Args:
     step: (params, z (B, ...), injection) -> z_next like z. Gradients reach params/injection only
@@ -201,12 +202,15 @@ def jfb_fixed_point(step: Callable[[Any, jax.Array, Any], jax.Array], params: An
                         lambda _, z: sg(step(frozen_params, z, frozen_injection)), sg(z0))
   z = sg(z)
 
+  # `lax.cond` rather than a select: a step past m is skipped in the forward pass, in its
+  # checkpointed recompute and in the backward pass (the cotangent passes through unchanged), so a
+  # step with small m costs what it asks for, with one compiled program for every m.
   @jax.checkpoint
-  def masked_step(params, z, injection, apply):
-    return jnp.where(apply, step(params, z, injection), z)
+  def maybe_step(params, z, injection, apply):
+    return jax.lax.cond(apply, lambda: step(params, z, injection).astype(z.dtype), lambda: z)
 
   m = jnp.asarray(with_grad_iters, jnp.int32)
-  z, _ = jax.lax.scan(lambda z, i: (masked_step(params, z, injection, i < m), None), z,
+  z, _ = jax.lax.scan(lambda z, i: (maybe_step(params, z, injection, i < m), None), z,
                       jnp.arange(max_with_grad_iters, dtype=jnp.int32))
   return z
 
