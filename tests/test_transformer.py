@@ -8,7 +8,7 @@ import pytest
 
 from viar_jax import profiling
 from viar_jax.io import convert
-from viar_jax.models import factory, implicit, transformer
+from viar_jax.models import factory, implicit, solvers, transformer
 
 TINY = dict(depth=4, embed_dim=64, num_heads=1, num_classes=10, patch_nums=(1, 2, 3, 4),
             vocab_size=64, z_channels=8)
@@ -199,3 +199,47 @@ def test_jfb_memory_is_constant_in_k_and_linear_in_m():
   carry = 2 * cfg.seq_len * cfg.embed_dim * 4
   per_iteration = (t_m8 - t_k0) / 6
   assert per_iteration <= 3 * carry, (t_k0, t_m8, carry)
+
+
+def test_remat_policies_keep_gradients(tiny_viar):
+  cfg, _, params, labels, x = tiny_viar
+
+  def grad_fn(remat):
+    model = transformer.Transformer(transformer.TransformerConfig(**{**cfg.__dict__, 'remat': remat}))
+    def loss(p):
+      logits = model.apply({'params': p}, labels, x, deterministic=False, no_grad_iters=1,
+                           with_grad_iters=2, rngs={'dropout': jax.random.PRNGKey(3)})
+      return jnp.mean(jax.nn.log_softmax(logits)[..., 0])
+    return jax.jit(jax.grad(loss))
+
+  want = grad_fn('none')(params)
+  for remat in ('dots_saveable', 'full'):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                 grad_fn(remat)(params), want)
+  # The policy reaches the program (XLA:CPU's memory analysis barely moves at test sizes, so the
+  # memory effect is left to accelerator compile reports).
+  jaxpr = lambda remat: str(jax.make_jaxpr(grad_fn(remat))(params))
+  count = {r: jaxpr(r).count('remat') for r in ('none', 'dots_saveable', 'full')}
+  assert count['none'] < count['dots_saveable'] == count['full'], count  # JFB's own checkpoint: 'none'
+  with pytest.raises(ValueError, match='remat must be one of'):
+    transformer.TransformerConfig(**TINY, remat='some')
+
+
+def test_equilibrium_state_is_float32_under_bfloat16_compute():
+  """bf16 compute, float32 state: F keeps the state's dtype, and Anderson's mix is not rounded back
+  to bf16, so the solver gets closer to the fixed point than with a bf16 state."""
+  cfg = transformer.TransformerConfig(**TINY, implicit=True, pre_depth=1, post_depth=1,
+                                      dtype='bfloat16')
+  params = implicit.ImplicitLayer.params_of(factory.random_params(cfg, std=0.05))
+  layer = transformer.implicit_layer(cfg)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(4, cfg.seq_len, cfg.embed_dim)), jnp.float32)
+  cond = jnp.asarray(rng.normal(size=(4, cfg.embed_dim)), jnp.float32)
+  residual = {}
+  for dtype in (jnp.float32, jnp.bfloat16):
+    f = lambda z, dtype=dtype: layer.apply({'params': params}, z, x.astype(dtype), cond)
+    assert jax.eval_shape(f, x.astype(dtype)).dtype == dtype
+    z, stats = jax.jit(lambda z0, f=f: solvers.solve(f, z0, max_iters=30, method='anderson'))(
+        x.astype(dtype))
+    residual[dtype] = float(jnp.max(stats.residual))
+  assert residual[jnp.float32] < 0.8 * residual[jnp.bfloat16], residual

@@ -18,16 +18,17 @@ if TYPE_CHECKING:
 
 
 class ImplicitProjection(nn.Module):
-  """P: Linear(2C -> 2C) -> GELU(tanh) -> Linear(2C -> C), on [z ; x]."""
+  """P: Linear(2C -> 2C) -> GELU(tanh) -> Linear(2C -> C), on [z ; x], computed in `dtype`."""
   init_std: float
+  dtype: str = 'float32'
 
   @nn.compact
   def __call__(self, z_BLC, x_BLC):
     c = z_BLC.shape[-1]
     h = nn.Dense(2 * c, name='fc1', kernel_init=blocks.trunc_normal(self.init_std),
-                 dtype=z_BLC.dtype)(jnp.concatenate([z_BLC, x_BLC], axis=-1))
+                 dtype=self.dtype)(jnp.concatenate([z_BLC, x_BLC], axis=-1))
     return nn.Dense(c, name='fc2', kernel_init=blocks.trunc_normal(self.init_std),
-                    dtype=z_BLC.dtype)(jax.nn.gelu(h, approximate=True))
+                    dtype=self.dtype)(jax.nn.gelu(h, approximate=True))
 
 
 class ImplicitLayer(nn.Module):
@@ -39,11 +40,14 @@ class ImplicitLayer(nn.Module):
 
   def setup(self):
     self.implicit_block = blocks.AdaLNBlock(self.config, self.drop_path_rate)
-    self.implicit_proj = ImplicitProjection(self.config.init_std)
+    self.implicit_proj = ImplicitProjection(self.config.init_std, self.config.dtype)
 
   def __call__(self, z_BLC, x_BLC, cond, mask_LS=None, deterministic: bool = True,
                cache: Optional[blocks.Cache] = None):
-    return self.implicit_block(self.implicit_proj(z_BLC, x_BLC), cond, mask_LS, deterministic, cache)
+    # P computes in the config's dtype; the block's residual stream starts in the state's dtype
+    # (float32 under half-precision compute, see Transformer.__call__), so F keeps its precision.
+    h_BLC = self.implicit_proj(z_BLC, x_BLC).astype(z_BLC.dtype)
+    return self.implicit_block(h_BLC, cond, mask_LS, deterministic, cache)
 
   @classmethod
   def params_of(cls, model_params: Mapping[str, Any]) -> dict:

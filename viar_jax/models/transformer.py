@@ -21,6 +21,11 @@ import numpy as np
 from viar_jax.models import blocks, implicit, solvers
 
 
+# What a rematerialised block keeps for the backward pass (None: no rematerialisation).
+REMAT_POLICIES = {'none': None, 'dots_saveable': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+                  'full': jax.checkpoint_policies.nothing_saveable}
+
+
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
   """VAR (implicit=False) or VIAR (implicit=True). Width and heads default to VAR's depth rule.
@@ -56,6 +61,9 @@ class TransformerConfig:
   eval_iters: int = 10  # implicit iterations of a deterministic teacher-forced forward
   # Numerics.
   dtype: str = 'float32'  # compute dtype of the blocks; params, embeddings, head stay fp32
+  # Rematerialisation of the explicit blocks in training: 'none', 'dots_saveable' (keep matmul
+  # outputs, recompute the rest) or 'full' (keep only block inputs). No effect on the numbers.
+  remat: str = 'none'
   attn_implementation: Optional[str] = None  # None (XLA picks), 'xla' or 'cudnn'
 
   def __post_init__(self):
@@ -82,6 +90,8 @@ class TransformerConfig:
         raise ValueError(f'TransformerConfig.{name} must lie in [0, 1), got {getattr(self, name)}')
     if self.dtype not in ('float32', 'bfloat16', 'float16'):
       raise ValueError(f"dtype must be 'float32', 'bfloat16' or 'float16', got {self.dtype!r}")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f'remat must be one of {tuple(REMAT_POLICIES)}, got {self.remat!r}')
     if self.implicit:
       if self.pre_depth < 0 or self.post_depth < 0 or self.pre_depth + self.post_depth > self.depth:
         raise ValueError(f'VIAR needs 0 <= pre_depth, post_depth and pre_depth + post_depth <= depth; '
@@ -249,19 +259,28 @@ class Transformer(nn.Module):
     x = x.astype(c.dtype)
     mask = jnp.asarray(block_causal_mask(c.patch_nums)[:end, :end])
     if not c.implicit:
-      for blk in self.blocks:
-        x = blk(x, cond, mask, deterministic)
-      return self.logits(x, cond_BD)
+      return self.logits(self._run_stack(self.blocks, x, cond, mask, deterministic), cond_BD)
 
-    for blk in self.pre_blocks:
-      x = blk(x, cond, mask, deterministic)
+    x = self._run_stack(self.pre_blocks, x, cond, mask, deterministic)
     no_grad_iters, with_grad_iters = self._jfb_iters(deterministic, no_grad_iters, with_grad_iters)
+    # The equilibrium state stays float32 under half-precision compute, so solver residuals and
+    # mixing are not limited by its rounding; the blocks still compute in c.dtype.
+    x = x.astype(jnp.float32)
     if self.is_initializing():
       self.implicit(x, x, cond, mask, deterministic)  # create the implicit params
     z = self._jfb(x, cond, mask, deterministic, no_grad_iters, with_grad_iters)
-    for blk in self.post_blocks:
-      z = blk(z, cond, mask, deterministic)
+    z = self._run_stack(self.post_blocks, z.astype(c.dtype), cond, mask, deterministic)
     return self.logits(z, cond_BD)
+
+  def _run_stack(self, stack, x, cond, mask, deterministic: bool):
+    """A list of blocks in order, rematerialised per block as config.remat says."""
+    apply = lambda blk, x, cond, mask: blk(x, cond, mask, deterministic)
+    policy = REMAT_POLICIES[self.config.remat]
+    if policy is not None and not deterministic:
+      apply = nn.remat(apply, policy=policy)
+    for blk in stack:
+      x = apply(blk, x, cond, mask)
+    return x
 
   def _jfb_iters(self, deterministic, no_grad_iters, with_grad_iters):
     c = self.config
@@ -284,7 +303,7 @@ class Transformer(nn.Module):
     layer = self.implicit.pure()
 
     def step(p, z, inj):
-      return layer.apply({'params': p}, z, inj, cond, mask, deterministic, rngs=rngs)
+      return layer.apply({'params': p}, z, inj, cond, mask, deterministic, rngs=rngs).astype(z.dtype)
 
     max_m = max(c.with_grad_iters_range[1], with_grad_iters if isinstance(with_grad_iters, int) else 0)
     return solvers.jfb_fixed_point(step, params, x, x, no_grad_iters=no_grad_iters,

@@ -195,8 +195,10 @@ def _sample(vae, model, options, iters, vae_params, params, key, labels, edit=No
       x, caches['pre_blocks'] = call(transformer.Transformer.sample_blocks, 'pre_blocks', x, cond,
                                      caches['pre_blocks'], start)
       run = _per_iteration if options.cache_mode == 'per_iteration' else _final_iterate
-      x, implicit_cache, n_run, resid = run(implicit, implicit_params, x, cond, implicit_cache, start,
-                                            k, iters[k], key_mask, options)
+      # The equilibrium state is float32 under half-precision compute (as in training).
+      x, implicit_cache, n_run, resid = run(implicit, implicit_params, x.astype(jnp.float32), cond,
+                                            implicit_cache, start, k, iters[k], key_mask, options)
+      x = x.astype(c.dtype)
       x, caches['post_blocks'] = call(transformer.Transformer.sample_blocks, 'post_blocks', x, cond,
                                       caches['post_blocks'], start)
       iterations.append(n_run[:b])
@@ -262,7 +264,6 @@ def _final_iterate(implicit, variables, x, cond, cache, start, k, n, key_mask, o
   """Solve z = F(z) against the earlier scales' cached equilibria, then cache this scale's z*."""
   del key_mask, k
   k_buf, v_buf = cache[0][0], cache[1][0]
-  l = x.shape[1]
 
   def f(z):  # attends to the frozen prefix [0, start) and to its own tokens
     out, _ = implicit.apply(variables, z, x, cond, None, True, (k_buf, v_buf, start))
@@ -270,5 +271,4 @@ def _final_iterate(implicit, variables, x, cond, cache, start, k, n, key_mask, o
 
   z, stats = solvers.solve(f, x, max_iters=n, tol=options.tol, method=options.solver)
   _, (k_buf, v_buf, _) = implicit.apply(variables, z, x, cond, None, True, (k_buf, v_buf, start))
-  del l
   return z, (k_buf[None], v_buf[None]), stats.iterations_per_sample, stats.residual
