@@ -67,6 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.twde = ml_collections.config_dict.placeholder(float)
   c.optim.clip_norm = 2.0
   c.optim.label_smoothing = 0.0
+  c.optim.mu_dtype = 'float32'  # AdamW first-moment dtype ('bfloat16' halves its memory)
   # Progressive training (reference --pg/--pg0/--pgwp): > 0 grows the trained scales from pg0 + 1
   # to all over the first pg of the steps (the lr schedule becomes 'lin<pg>'); one compile per stage.
   c.optim.pg = 0.0

@@ -67,6 +67,10 @@ def test_resume_equals_straight_run(tokenizer_dir, tmp_path):
   records = [json.loads(l) for l in (straight / 'train_metrics.jsonl').read_text().splitlines()]
   assert [r['prog_scales'] for r in records] == [2, 2, 3, 4, 4, 4]
   assert [r['prog_weight'] for r in records] == [1, 1, 0.5, 1, 1, 1]
+  # VIAR's K and m of the logged step, and the model FLOP rate from 2 logged steps on.
+  assert all(0 <= r['no_grad_iters'] and 1 <= r['with_grad_iters'] for r in records)
+  assert 'model_tflops_per_s' not in records[0] and records[-1]['model_tflops_per_s'] > 0
+  assert 'mfu' not in records[-1]  # no known peak for the CPU
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
                jax.device_get(state_a.params), jax.device_get(state_b.params))
   assert int(state_b.step) == 6
@@ -84,6 +88,8 @@ def test_resume_equals_straight_run(tokenizer_dir, tmp_path):
     (lambda c: c.data.update(name='no_such_dataset'), (ValueError, FileNotFoundError), 'no_such_dataset'),
     (lambda c: c.optim.update(pg=0.5, pg0=4), ValueError, r'first stage \(pg0\) must lie in \[0, 3\]'),
     (lambda c: c.model.update(num_heads=3), ValueError, 'not divisible by num_heads'),
+    (lambda c: c.model.update(dtype='float16'), ValueError, 'needs loss scaling'),
+    (lambda c: c.optim.update(mu_dtype='int8'), ValueError, 'mu_dtype'),
 ])
 def test_bad_run_configs_fail_before_compute(tmp_path, change, error, match):
   c = tiny_config(tmp_path)

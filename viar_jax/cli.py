@@ -14,8 +14,9 @@ from typing import Callable, NoReturn, Sequence
 from absl import app, flags
 
 # ValueError covers bad values and configs (checkpoint errors derive from it), OSError missing,
-# unreadable and unwritable files, FloatingPointError a run that stopped on a NaN / inf.
-EXPECTED_ERRORS = (ValueError, OSError, FloatingPointError, app.UsageError)
+# unreadable and unwritable files, FloatingPointError a run that stopped on a NaN / inf, ImportError
+# an optional extra that is not installed (its message says which).
+EXPECTED_ERRORS = (ValueError, OSError, FloatingPointError, ImportError, app.UsageError)
 EXIT_USER_ERROR = 2
 
 _VERBOSE = flags.DEFINE_bool('verbose', False, 'on an error, show the full traceback')

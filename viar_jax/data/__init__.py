@@ -5,14 +5,16 @@ Batches are {'image': (B_local, R, R, 3) float32 in [-1, 1], 'label': (B_local,)
 from viar_jax.data.digits import SklearnDigits, default_data_dir, load_digits_source
 from viar_jax.data.folder import IMAGE_EXTENSIONS, FolderSource
 from viar_jax.data.pipeline import Loader, loader_state, make_loader, restore_loader
-from viar_jax.data.skips import SkipStats, Unreadable, is_skipped
+from viar_jax.data.skips import (NoReadableRecordsError, SkipReport, SkipStats, Unreadable,
+                                 is_skipped)
 from viar_jax.data.sources import open_source, open_tfds_source
 from viar_jax.data.transforms import (reference_eval_transform, reference_train_transform,
                                       resize_shorter_side)
 
 __all__ = [
-    'FolderSource', 'IMAGE_EXTENSIONS', 'Loader', 'SkipStats', 'SklearnDigits', 'Unreadable',
-    'default_data_dir', 'is_skipped', 'load_digits_source', 'loader_state', 'make_loader',
-    'open_source', 'open_tfds_source', 'reference_eval_transform', 'reference_train_transform',
-    'resize_shorter_side', 'restore_loader',
+    'FolderSource', 'IMAGE_EXTENSIONS', 'Loader', 'NoReadableRecordsError', 'SkipReport',
+    'SkipStats', 'SklearnDigits', 'Unreadable', 'default_data_dir', 'is_skipped',
+    'load_digits_source', 'loader_state', 'make_loader', 'open_source', 'open_tfds_source',
+    'reference_eval_transform', 'reference_train_transform', 'resize_shorter_side',
+    'restore_loader',
 ]

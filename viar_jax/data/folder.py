@@ -2,8 +2,10 @@
 
 Class ids are the positions of the subfolder names in sorted order. Only files directly inside a
 class folder with an image extension (case-insensitive) count; hidden files and folders are ignored.
-A file that PIL cannot decode yields an `Unreadable` marker (warned once per file) instead of
-raising, so the pipeline can drop it and keep going.
+A file that PIL cannot decode (corrupt, truncated, empty) yields an `Unreadable` marker (warned once
+per file) instead of raising, so the pipeline can drop it and keep going. A class folder without
+image files keeps its class id (ids must not shift) and is reported as a warning and in
+`empty_classes`; a folder with no image file at all is an error.
 """
 import pathlib
 import threading
@@ -29,6 +31,7 @@ class FolderSource:
     class_names: sorted class folder names; label i is class_names[i].
     paths: (N,) file paths, ordered by (class name, file name).
     labels: (N,) int32 class ids.
+    empty_classes: names of class folders without image files (no examples of those ids).
 
   `source[i]` -> {'image': (H, W, 3) uint8 RGB, 'label': int} or `Unreadable(path, error)`.
   """
@@ -51,6 +54,12 @@ class FolderSource:
     if not paths:
       raise ValueError(f'image folder dataset {str(self.root)!r}: no files with extensions {exts} '
                        f'in its class folders {self.class_names}')
+    counts = np.bincount(labels, minlength=len(self.class_names))
+    self.empty_classes = [n for n, k in zip(self.class_names, counts) if k == 0]
+    if self.empty_classes:
+      logging.warning('image folder dataset %r: %d class folder(s) hold no image files and give no '
+                      'examples (their class ids are kept): %s', str(self.root),
+                      len(self.empty_classes), ', '.join(self.empty_classes))
     self.paths = paths
     self.labels = np.asarray(labels, np.int32)
     self._warned: set[str] = set()

@@ -20,7 +20,7 @@ import grain.python as grain
 import numpy as np
 
 from viar_jax.data import transforms
-from viar_jax.data.skips import SkipStats, Unreadable, is_skipped
+from viar_jax.data.skips import NoReadableRecordsError, SkipStats, Unreadable, is_skipped
 # Also part of this module's interface (the augmentation the loader applies).
 from viar_jax.data.transforms import reference_eval_transform, reference_train_transform
 
@@ -82,13 +82,29 @@ class _EvalTransform(grain.MapTransform):
 
 @dataclasses.dataclass(frozen=True)
 class _DropSkipped(grain.FilterTransform):
-  """Drops `None` / `Unreadable` records and counts them in `stats`."""
+  """Drops `None` / `Unreadable` records and counts them in `stats`.
+
+  A source with no readable record would make an infinite loader spin forever without a batch, so
+  after `limit` unreadable records in a row (0: no limit) it raises `NoReadableRecordsError`.
+  """
   stats: SkipStats
+  limit: int = 0
+  source: str = ''
+  # Unreadable records in a row, in this process (each grain worker counts its own records).
+  _run: list = dataclasses.field(default_factory=lambda: [0], compare=False, repr=False)
 
   def filter(self, element) -> bool:
     if is_skipped(element):
       self.stats.add(element)
+      self._run[0] += 1
+      if self.limit and self._run[0] >= self.limit:
+        examples = ', '.join(sorted(self.stats.names)[:3])
+        raise NoReadableRecordsError(
+            f'{self.source}: no readable image in {self._run[0]} reads in a row (at least one '
+            f'whole epoch); {self.stats.count} skipped so far, e.g. {examples}. Check the files '
+            '(the warnings above give the reasons)')
       return False
+    self._run[0] = 0
     return True
 
 
@@ -150,7 +166,9 @@ def make_loader(source, *, image_size: int, global_batch_size: int, seed: int, t
 
   Returns:
     A `Loader`; iterating yields {'image': (B_local, R, R, 3) float32 in [-1, 1],
-    'label': (B_local,) int32} with B_local = global_batch_size // process_count.
+    'label': (B_local,) int32} with B_local = global_batch_size // process_count. Iterating raises
+    `NoReadableRecordsError` (a ValueError) once twice the shard's record count (times
+    `worker_count`) were unreadable in a row: a source with no readable image would never yield.
   """
   if process_count < 1 or not 0 <= process_index < process_count:
     raise ValueError(f'need 0 <= process_index < process_count, got {process_index}, {process_count}')
@@ -182,10 +200,13 @@ def make_loader(source, *, image_size: int, global_batch_size: int, seed: int, t
     # Grain's workers read absl flags; a script without absl.app.run gets their defaults.
     logging.info('make_loader: absl flags not parsed; using defaults for grain workers')
     flags.FLAGS.mark_as_parsed()
+  # Any 2n - 1 reads in a row of one process's stream hold a whole epoch of its n records; a worker
+  # sees every worker_count-th read, hence the factor.
+  limit = 2 * (num_records // process_count) * max(1, worker_count)
   data_loader = grain.DataLoader(
       data_source=source, sampler=sampler, shard_options=shard, worker_count=worker_count,
       read_options=read_options,
-      operations=[transform, _DropSkipped(skip_stats),
+      operations=[transform, _DropSkipped(skip_stats, limit, repr(source)),
                   grain.Batch(batch_size=local_batch_size, drop_remainder=train)])
   return Loader(data_loader, skip_stats, local_batch_size, num_records // process_count)
 

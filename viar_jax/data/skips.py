@@ -15,6 +15,10 @@ class Unreadable:
   error: str
 
 
+class NoReadableRecordsError(ValueError):
+  """A source whose records are all unreadable: a training loader would never yield a batch."""
+
+
 def is_skipped(record) -> bool:
   """True for records the pipeline must drop: None or an `Unreadable` marker."""
   return record is None or isinstance(record, Unreadable)
@@ -74,3 +78,28 @@ class SkipStats:
 
   def __repr__(self) -> str:
     return f'SkipStats(count={self.count}, files={len(self.names)}, shared={self.shared})'
+
+
+class SkipReport:
+  """Unreadable images the loader skipped: `data_skipped` in the logged metrics once there are any
+  (runs without skips log exactly what they did before) and a console line when the count grows."""
+
+  def __init__(self, stats: SkipStats, name: str = 'data'):
+    self.stats, self.name, self.reported = stats, name, 0
+
+  def add_to(self, metrics):
+    count = self.stats.count
+    if not count:
+      return metrics
+    if count > self.reported:
+      self.reported = count
+      files = sorted(self.stats.names)
+      print(f'[{self.name}] skipped {count} unreadable image(s) so far, {len(files)} file(s): '
+            f'{", ".join(files[:3])}{" ..." if len(files) > 3 else ""}', flush=True)
+    return dict(metrics, data_skipped=count)
+
+  def summary(self):
+    if self.stats.count:
+      print(f'[{self.name}] {self.stats.count} unreadable image(s) skipped in this run '
+            f'({len(self.stats.names)} file(s)); see the warnings above for the reasons',
+            flush=True)

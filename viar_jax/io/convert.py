@@ -8,9 +8,18 @@ Flax module names mirror the reference module names, so a key maps to a param pa
 Arrays: Linear (out, in) -> kernel (in, out); Conv2d (O, I, kh, kw) -> kernel (kh, kw, I, O); all
 others unchanged. Conversion is strict: unknown keys, missing params and shape mismatches are reported
 together in one `CheckpointMismatchError`. Buffers that the model recomputes are skipped on purpose.
+
+Loading never runs code from the file: a `.pth` pickle is first scanned by an unpickler that only
+knows the globals a state dict of tensors needs (`check_pickle_globals`; anything else raises
+`UnsafeCheckpointError`), with or without torch installed, and is then read by
+`torch.load(weights_only=True)`; `.npz` files are read without pickle.
 """
+import collections
+import io
 import os
+import pickle
 import re
+import tarfile
 import zipfile
 from typing import Any, Dict, Mapping, Tuple
 
@@ -36,6 +45,96 @@ _UNSPLIT_PARENTS = ('mid',)  # `mid.block_1` is a real name in the reference, no
 
 class CheckpointMismatchError(ValueError):
   """A state dict that does not fit the model; the message lists every problem."""
+
+
+class UnsafeCheckpointError(ValueError):
+  """A checkpoint whose pickle would import or call something besides tensor rebuilding."""
+
+
+# The globals a pickled state dict of tensors refers to (within torch's weights_only allowlist).
+_TORCH_DTYPES = frozenset(
+    'float32 float float64 double float16 half bfloat16 int64 long int32 int int16 short int8 '
+    'uint8 bool complex64 complex128'.split())
+_SAFE_GLOBALS = {
+    'collections': frozenset({'OrderedDict'}),
+    'torch._utils': frozenset({'_rebuild_tensor', '_rebuild_tensor_v2', '_rebuild_parameter',
+                               '_rebuild_parameter_with_state'}),
+    'torch._tensor': frozenset({'_rebuild_from_type_v2'}),
+    'torch.nn.parameter': frozenset({'Parameter'}),
+    'torch.serialization': frozenset({'_get_layout'}),
+    'torch': frozenset({'Size', 'Tensor', 'device', 'strided'}) | _TORCH_DTYPES,
+}
+_LEGACY_TORCH_MAGIC = 0x1950a86a20f9469cfc6c  # first pickle of torch's pre-1.6 (non-zip) format
+_LEGACY_TORCH_PICKLES = 5  # magic, protocol, sys_info, the object, storage keys; raw bytes follow
+
+
+def _is_safe_global(module: str, name: str) -> bool:
+  if module == 'torch' and name.endswith('Storage') and name.isidentifier():
+    return True  # FloatStorage, BFloat16Storage, UntypedStorage, ...: in persistent ids
+  return name in _SAFE_GLOBALS.get(module, ())
+
+
+class _Inert:
+  """What the scanning unpickler builds for every allowed global: takes any arguments, runs nothing."""
+
+  def __init__(self, *args, **kwargs):
+    del args, kwargs
+
+  def __setstate__(self, state):
+    del state
+
+
+class _ScanningUnpickler(pickle.Unpickler):
+  """Walks a pickle without running it: globals outside the allowlist raise, the rest are inert."""
+
+  def __init__(self, file, path: str):
+    super().__init__(file)
+    self._path = path
+
+  def find_class(self, module, name):
+    if not _is_safe_global(module, name):
+      shown = 'builtins' if module == '__builtin__' else module  # protocol <= 2 spelling
+      raise UnsafeCheckpointError(
+          f'{self._path}: refusing to load it: its pickle imports {shown}.{name}, which a '
+          'checkpoint of tensors never needs (nothing from the file was run). Only convert '
+          'checkpoints from a source you trust.')
+    return collections.OrderedDict if module == 'collections' else _Inert
+
+  def persistent_load(self, pid):
+    del pid  # torch's storage references: the tensor data, never unpickled
+    return None
+
+
+def check_pickle_globals(path: str):
+  """Raises `UnsafeCheckpointError` if the PyTorch checkpoint's pickle refers to any global a state
+  dict of tensors does not need; runs nothing from the file and needs no torch.
+
+  Reads the zip format's `data.pkl`, or the pickles of the legacy format (or a plain pickle). Files
+  that are no pickle at all (or tar-era torch files) are left to torch.load to reject.
+  """
+  if zipfile.is_zipfile(path):
+    with zipfile.ZipFile(path) as z:
+      for name in z.namelist():
+        if name == 'data.pkl' or name.endswith('/data.pkl'):
+          _scan(io.BytesIO(z.read(name)), path, 1)
+    return
+  if tarfile.is_tarfile(path):
+    return
+  with open(path, 'rb') as f:
+    _scan(f, path, _LEGACY_TORCH_PICKLES)
+
+
+def _scan(f, path: str, count: int):
+  """Scans the first `count` pickles in `f` (fewer if the first is not torch's legacy magic)."""
+  for i in range(count):
+    try:
+      obj = _ScanningUnpickler(f, path).load()
+    except UnsafeCheckpointError:
+      raise
+    except Exception:  # pylint: disable=broad-exception-caught
+      return  # not (or no longer) a pickle: torch.load reports what the file is
+    if i == 0 and obj != _LEGACY_TORCH_MAGIC:
+      return  # a plain pickle: this was its only object
 
 
 def _is_skipped(key: str) -> bool:
@@ -161,24 +260,43 @@ def _as_numpy(value) -> np.ndarray:
 
 
 def load_reference_state_dict(path: str) -> Dict[str, np.ndarray]:
-  """Loads a reference checkpoint safely: `.pth`/`.pt` via torch with weights_only=True,
-  `.safetensors` via safetensors, `.npz` (keys as-is, or under an `sd/` prefix)."""
+  """Loads a reference checkpoint safely: `.pth`/`.pt` via torch with weights_only=True after
+  `check_pickle_globals`, `.safetensors` via safetensors, `.npz` (keys as-is, or under an `sd/`
+  prefix; object arrays, which would need pickle, are refused).
+
+  Raises:
+    FileNotFoundError: no such file.
+    UnsafeCheckpointError: the pickle refers to code (checked before torch is even imported).
+    ValueError: a `.npz` with object arrays.
+    ImportError: a `.pth` file without torch installed.
+  """
   if not os.path.exists(path):
     raise FileNotFoundError(f'checkpoint not found: {path}')
   if path.endswith('.npz'):
-    with np.load(path) as z:
+    with np.load(path, allow_pickle=False) as z:
       keys = [k for k in z.files if k.startswith('sd/')] or list(z.files)
-      return {k[3:] if k.startswith('sd/') else k: z[k] for k in keys}
+      try:
+        return {k[3:] if k.startswith('sd/') else k: z[k] for k in keys}
+      except ValueError as e:  # "Object arrays cannot be loaded when allow_pickle=False"
+        raise UnsafeCheckpointError(f'{path}: refusing to load it: {e} (arrays of Python objects '
+                                    'are pickles and could run code)') from None
   if path.endswith('.safetensors'):
     from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
     return load_file(path)
+  check_pickle_globals(path)  # first, and without torch: a malicious file fails the same everywhere
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise ImportError('reading .pth checkpoints needs PyTorch: pip install "viar-jax[torch]"') from e
   # mmap: tensors stay file-backed until converted one by one (no second full copy in memory).
   # torch can only mmap its zip format; older files (e.g. torchvision's 2017 VGG16) load in full.
-  sd = torch.load(path, map_location='cpu', weights_only=True, mmap=zipfile.is_zipfile(path))
+  try:
+    sd = torch.load(path, map_location='cpu', weights_only=True, mmap=zipfile.is_zipfile(path))
+  except pickle.UnpicklingError as e:  # weights_only refused a global (nothing was run)
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()] or [type(e).__name__]
+    reason = next((l for l in lines if 'Unsupported global' in l), lines[0])
+    raise UnsafeCheckpointError(f'{path}: refusing to load it: torch.load(weights_only=True) '
+                                f'failed: {reason}') from e
   for wrapper in ('state_dict', 'model', 'trainer'):
     if isinstance(sd, Mapping) and wrapper in sd and isinstance(sd[wrapper], Mapping):
       sd = sd[wrapper]

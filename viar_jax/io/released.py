@@ -17,7 +17,7 @@ from typing import Dict, Optional
 import jax
 import numpy as np
 
-from viar_jax.io import checkpoint, convert
+from viar_jax.io import checkpoint, convert, writable
 from viar_jax.models import factory, transformer, vqvae
 
 PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
@@ -116,6 +116,7 @@ def convert_file(src: str, dst: str, model: Optional[str] = None) -> dict:
   """
   name = model or name_from_file(src)
   cfg = config(name)
+  writable.ensure_dir(dst, 'output directory')  # before reading a multi-GB file
   t0 = time.perf_counter()
   state_dict = convert.load_reference_state_dict(src)
   print(f'read {len(state_dict)} tensors from {src} in {time.perf_counter() - t0:.1f}s; model {name}')

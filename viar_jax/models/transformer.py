@@ -263,6 +263,9 @@ class Transformer(nn.Module):
 
     x = self._run_stack(self.pre_blocks, x, cond, mask, deterministic)
     no_grad_iters, with_grad_iters = self._jfb_iters(deterministic, no_grad_iters, with_grad_iters)
+    # What this forward ran, for the training log (collection 'intermediates', if made mutable).
+    self.sow('intermediates', 'jfb_iters', jnp.stack([jnp.asarray(no_grad_iters, jnp.int32),
+                                                       jnp.asarray(with_grad_iters, jnp.int32)]))
     # The equilibrium state stays float32 under half-precision compute, so solver residuals and
     # mixing are not limited by its rounding; the blocks still compute in c.dtype.
     x = x.astype(jnp.float32)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from viar_jax.io import png
+from viar_jax.io import png, writable
 from viar_jax.models import vqvae
 from viar_jax.sample import pair, sampler
 
@@ -31,6 +31,7 @@ def generate(vae_ckpt, model_ckpt, classes: Sequence, per_class: int, batch: int
   edit: (source image (H, W, 3) float [-1, 1], keep-mask (n, n) at the finest scale) or None.
   Returns {'grid': path, 'npz': path, 'stats': dict}.
   """
+  out = writable.ensure_dir(out, 'sample output directory')  # before loading and sampling
   vae, vae_params, model, params = pair.load(vae_ckpt, model_ckpt)
   cfg = model.config
   classes = [int(c) for c in classes] or list(range(cfg.num_classes))

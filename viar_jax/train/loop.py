@@ -6,7 +6,14 @@ checkpoint, metric log, sample grids, and a final plain `model/` checkpoint.
     loop.train(config, workdir, stop_after=100)              # ends early with a checkpoint
 
 A run resumes from the latest checkpoint in its workdir; SIGTERM saves and exits. Every config error
-is raised before any compute (check_run_config).
+is raised before any compute (check_run_config), and an unwritable workdir right after.
+
+Faults: the loss, gradient norm and param norm are checked for NaN / inf at every log step and right
+before every save (periodic, final, early stop / SIGTERM): a bad value raises
+`run_io.NonFiniteError` naming the step and metric, that state is never saved, and the latest
+checkpoint (the last finite one) stays for a rerun to resume from. Between log steps nothing is
+fetched from the device, so a fault is reported at the next log / save step. Images the data
+pipeline could not read are skipped, counted and reported at log steps (`data_skipped`).
 """
 import pathlib
 import shutil
@@ -20,10 +27,10 @@ from jax.experimental import multihost_utils
 
 from viar_jax import data as data_lib
 from viar_jax import profiling
-from viar_jax.io import checkpoint, png, run_config
+from viar_jax.io import checkpoint, png, run_config, writable
 from viar_jax.models import factory, transformer, vqvae
 from viar_jax.sample import sampler
-from viar_jax.train import optim, progressive, run_io, sharding, tokenizer_loop, train_step
+from viar_jax.train import mfu, optim, progressive, run_io, sharding, tokenizer_loop, train_step
 
 
 def check_run_config(c, num_devices: int, process_count: int):
@@ -38,7 +45,12 @@ def check_run_config(c, num_devices: int, process_count: int):
   if c.tokenizer.ckpt and not pathlib.Path(c.tokenizer.ckpt, 'config.json').exists():
     raise FileNotFoundError(f'tokenizer checkpoint {c.tokenizer.ckpt} not found (config.json missing)')
   vae_cfg = tokenizer_config(c)
-  run_config.transformer_config(c.model, vae_cfg)  # validates the model section
+  model_cfg = run_config.transformer_config(c.model, vae_cfg)  # validates the model section
+  if model_cfg.dtype == 'float16':
+    raise ValueError("model.dtype='float16' needs loss scaling, which training does not do; use "
+                     "'bfloat16' (the supported half precision) or 'float32'")
+  if c.optim.get('mu_dtype', 'float32') not in ('float32', 'bfloat16'):
+    raise ValueError(f"optim.mu_dtype must be 'float32' or 'bfloat16', got {c.optim.mu_dtype!r}")
   progressive_schedule(c, len(vae_cfg.patch_nums))  # validates pg / pg0
   return data, fsdp
 
@@ -90,9 +102,9 @@ def export_model(directory: pathlib.Path, params, config):
 def train(c, workdir: str, stop_after: int = None):
   """Runs (or resumes) the config's training in `workdir`; `stop_after` steps ends early with a
   checkpoint, like a preemption. Returns (final state, last metrics)."""
-  workdir = pathlib.Path(workdir)
   process_count, process_index = jax.process_count(), jax.process_index()
   data_axis, fsdp_axis = check_run_config(c, jax.device_count(), process_count)
+  workdir = writable.ensure_dir(workdir, 'workdir')  # before hours of compute, not at a save
   source = data_lib.open_source(c.data.name, 'train', c.data.data_dir)  # unknown names fail here
   t_start = time.perf_counter()
 
@@ -112,11 +124,11 @@ def train(c, workdir: str, stop_after: int = None):
   optimizer = optim.make_optimizer(
       peak_lr=peak_lr, total_steps=c.optim.steps, warmup_steps=c.optim.warmup_steps,
       wpe=c.optim.wpe, schedule=lr_kind, twd=c.optim.twd, twde=c.optim.twde,
-      clip_norm=c.optim.clip_norm)
+      clip_norm=c.optim.clip_norm, mu_dtype=jnp.dtype(c.optim.get('mu_dtype', 'float32')))
   replicate = sharding.IMPLICIT_MODULES if c.mesh.replicate_implicit else ()
   batch_shapes = (factory.image_shape(vae_cfg, c.optim.batch_size),
                   jax.ShapeDtypeStruct((c.optim.batch_size,), jnp.int32))
-  compiled_steps = {}
+  compiled_steps, compiler_flops = {}, {}
 
   def compiled_step(stage):
     """The AOT-compiled train step of a progressive stage (one stage when not progressive)."""
@@ -125,6 +137,7 @@ def train(c, workdir: str, stop_after: int = None):
           model, vae, vae_params, optimizer, mesh, replicate=replicate,
           label_smoothing=c.optim.label_smoothing, stage=stage if prog.enabled else None)[0]
       compiled, report = profiling.compile_with_report(step_fn, state_shapes, *batch_shapes)
+      compiler_flops[stage] = report.flops
       print(report.line(f'train step{f" ({stage.num_scales} scales)" if prog.enabled else ""}'),
             flush=True)
       compiled_steps[stage] = compiled
@@ -163,35 +176,55 @@ def train(c, workdir: str, stop_after: int = None):
   stop = {'now': False}
   signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
   log = run_io.MetricLog(workdir, c.optim.steps, c.optim.batch_size)
+  expected_iters = dict(no_grad_iters=np.mean(mcfg.no_grad_iters_range),
+                        with_grad_iters=np.mean(mcfg.with_grad_iters_range)) if mcfg.implicit else {}
   meta = {'config': c.to_dict()}
   metrics, done = None, start
-  for step in range(start, c.optim.steps):
-    batch = next(data_iter)
-    images = jax.make_array_from_process_local_data(batch_sharding, np.asarray(batch['image']))
-    labels = jax.make_array_from_process_local_data(batch_sharding,
-                                                    np.asarray(batch['label'], np.int32))
-    stage = prog.stage(step)
-    state, metrics = compiled_step(stage)(state, images, labels)
-    done = step + 1
-    if stop_after is not None and done - start >= stop_after:
-      stop['now'] = True
-    if done % c.log_every == 0 or done == c.optim.steps:
-      run_io.check_finite(done, metrics)
-      if prog.enabled:
-        metrics = dict(metrics, prog_scales=stage.num_scales,
-                       prog_weight=progressive.newest_scale_weight(stage, step))
-      log.write(done, metrics)
-    if done % c.ckpt_every == 0 or done == c.optim.steps or stop['now']:
-      run_io.check_finite(done, metrics)
-      ckpt.save(done, state, {'grain': data_lib.loader_state(data_iter).decode()}, meta, force=True)
-    if c.sample_every and (done % c.sample_every == 0 or done == c.optim.steps) and \
-        process_index == 0:
-      sample_grid(vae, vae_params, model, state.params, c, done, workdir)
-    if stop['now']:
-      print(f'stopping early: saved step {done}', flush=True)
-      break
-  ckpt.close()
-  log.close()
+  skips = data_lib.SkipReport(loader.skip_stats)
+
+  def last_finite():
+    ckpt.wait()  # saves in flight hold finite states: let them land before naming the latest
+    latest = ckpt.latest_step()
+    if latest is None:
+      return 'No checkpoint was saved yet; a rerun starts from scratch.'
+    return (f'The latest checkpoint, step {latest} in {ckpt.directory}, is the last finite state; '
+            'rerunning resumes from it (lower the learning rate or check the data if it recurs).')
+
+  try:
+    for step in range(start, c.optim.steps):
+      batch = next(data_iter)
+      images = jax.make_array_from_process_local_data(batch_sharding, np.asarray(batch['image']))
+      labels = jax.make_array_from_process_local_data(batch_sharding,
+                                                      np.asarray(batch['label'], np.int32))
+      stage = prog.stage(step)
+      state, metrics = compiled_step(stage)(state, images, labels)
+      done = step + 1
+      if stop_after is not None and done - start >= stop_after:
+        stop['now'] = True
+      if done % c.log_every == 0 or done == c.optim.steps:
+        run_io.check_finite(done, metrics, kept=last_finite)
+        if prog.enabled:
+          metrics = dict(metrics, prog_scales=stage.num_scales,
+                         prog_weight=progressive.newest_scale_weight(stage, step))
+        tokens = mcfg.scale_bounds[stage.num_scales - 1][1] if prog.enabled else mcfg.seq_len
+        log.write(done, skips.add_to(metrics), model_flops=mfu.model_flops_per_step(
+            mcfg, state_shapes.params, c.optim.batch_size, tokens, **expected_iters),
+                  compiler_flops=compiler_flops.get(stage))
+      if done % c.ckpt_every == 0 or done == c.optim.steps or stop['now']:
+        run_io.check_finite(done, metrics, kept=last_finite)  # never save a NaN / inf state
+        ckpt.save(done, state, {'grain': data_lib.loader_state(data_iter).decode()}, meta,
+                  force=True)
+      if c.sample_every and (done % c.sample_every == 0 or done == c.optim.steps) and \
+          process_index == 0:
+        sample_grid(vae, vae_params, model, state.params, c, done, workdir)
+      if stop['now']:
+        print(f'stopping early: saved step {done}', flush=True)
+        break
+  finally:
+    # Also on an error: finish the saves in flight (finite states) so they stay the latest good one.
+    ckpt.close()
+    log.close()
+  skips.summary()
   if done == c.optim.steps:
     export_model(workdir / 'model', state.params, mcfg)
   print(f'done in {time.perf_counter() - t_start:.0f}s; workdir {workdir}', flush=True)

@@ -6,6 +6,11 @@ Losses: reconstruction L1/L2 + VQ/commitment, an optional VQGAN-style patch disc
 `config.tokenizer` (architecture under `vqvae`, steps, batch_size, lr, loss weights) and
 `config.data`; writes a viar-jax checkpoint plus `reconstructions.png` (input rows above their
 reconstructions) to the output directory.
+
+Faults: an unwritable output directory fails before compiling. The loss, gradient norm and param
+norm are checked for NaN / inf at every log step (a tenth of the steps, and the last one, which
+precedes the only save): a bad value raises `run_io.NonFiniteError` naming the step and metric and
+nothing is saved. Skipped unreadable images are counted in the log (`data_skipped`).
 """
 import pathlib
 import time
@@ -16,7 +21,7 @@ import numpy as np
 
 from viar_jax import data as data_lib
 from viar_jax.eval import lpips
-from viar_jax.io import checkpoint, png, run_config
+from viar_jax.io import checkpoint, png, run_config, writable
 from viar_jax.models import discriminator, vqvae
 from viar_jax.train import optim, run_io, tokenizer_step
 
@@ -48,10 +53,10 @@ def load_perceptual(t, image_size: int):
 
 def train(c, out_dir):
   """Trains `config.tokenizer` on `config.data` into `out_dir`. -> (VQVAEConfig, params)."""
-  out_dir = pathlib.Path(out_dir)
   cfg = run_config.vqvae_config(c.tokenizer.vqvae)
   t = c.tokenizer
   lpips_params = load_perceptual(t, cfg.image_size)  # first: a bad setup fails before compiling
+  out_dir = writable.ensure_dir(out_dir, 'tokenizer output directory')
   perceptual_weight = t.get('perceptual_weight', 0.0)
   vae = vqvae.VQVAE(cfg)
   optimizer = optim.make_tokenizer_optimizer(lr=t.lr, steps=t.steps)
@@ -73,20 +78,28 @@ def train(c, out_dir):
         s, x, vae=vae, optimizer=optimizer, l1_weight=t.l1_weight, l2_weight=t.l2_weight,
         perceptual_weight=perceptual_weight, lpips_params=lp), donate_argnums=(0,))
   source = data_lib.open_source(c.data.name, 'train', c.data.data_dir)
-  it = iter(data_lib.make_loader(source, image_size=cfg.image_size, global_batch_size=t.batch_size,
-                                 seed=c.seed + 1, train=True, hflip=c.data.hflip,
-                                 process_index=jax.process_index(),
-                                 process_count=jax.process_count()))
+  loader = data_lib.make_loader(source, image_size=cfg.image_size, global_batch_size=t.batch_size,
+                                seed=c.seed + 1, train=True, hflip=c.data.hflip,
+                                process_index=jax.process_index(),
+                                process_count=jax.process_count())
+  it = iter(loader)
   log = run_io.MetricLog(out_dir, t.steps, t.batch_size, name='tokenizer')
+  skips = data_lib.SkipReport(loader.skip_stats, 'tokenizer data')
+  kept = (f'Nothing was saved to {out_dir} (the tokenizer is written once training ends); a rerun '
+          'trains it again (lower config.tokenizer.lr or check the data if it recurs).')
   t0 = time.perf_counter()
-  for step in range(t.steps):
-    batch = next(it)
-    # The LPIPS params (None when off) are an argument, not a closure: no 60 MB compiled constants.
-    state, metrics = step_fn(state, jnp.asarray(batch['image']), lpips_params)
-    if (step + 1) % max(1, t.steps // 10) == 0 or step + 1 == t.steps:
-      run_io.check_finite(step + 1, metrics)
-      log.write(step + 1, metrics)
-  log.close()
+  try:
+    for step in range(t.steps):
+      batch = next(it)
+      # The LPIPS params (None when off) are an argument, not a closure: no 60 MB of constants.
+      state, metrics = step_fn(state, jnp.asarray(batch['image']), lpips_params)
+      # The last step is always checked: it is the state saved below.
+      if (step + 1) % max(1, t.steps // 10) == 0 or step + 1 == t.steps:
+        run_io.check_finite(step + 1, metrics, kept=kept)
+        log.write(step + 1, skips.add_to(metrics))
+  finally:
+    log.close()
+  skips.summary()
   params = jax.device_get(state.vae.params if use_gan else state.params)
   checkpoint.save(out_dir, params, cfg)
   images = jnp.asarray(next(it)['image'][:8])

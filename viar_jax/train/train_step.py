@@ -90,9 +90,13 @@ def train_step(state: TrainState, images_BHWC, labels_B, *, model: transformer.T
   dropout_key, jfb_key = jax.random.split(key)
 
   def loss_fn(params):
-    logits = model.apply({'params': params}, labels_B, x_BLCv, deterministic=False,
-                         rngs={'dropout': dropout_key, 'jfb': jfb_key})
+    logits, sown = model.apply({'params': params}, labels_B, x_BLCv, deterministic=False,
+                               rngs={'dropout': dropout_key, 'jfb': jfb_key},
+                               mutable=['intermediates'])
     metrics = token_metrics(logits, gt_BL, end - begin, label_smoothing, weights_L)
+    if 'jfb_iters' in sown.get('intermediates', {}):  # VIAR: the K and m this step ran
+      (k_m,) = sown['intermediates']['jfb_iters']
+      metrics.update(no_grad_iters=k_m[0], with_grad_iters=k_m[1])
     return metrics['loss'], metrics
 
   grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)

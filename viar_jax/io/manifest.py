@@ -1,0 +1,84 @@
+"""Checksum manifests: sha256 of a checkpoint's config.json and of every file under params/.
+
+    <dir>/manifest.json   written last by `checkpoint.save`; verified first by `checkpoint.load`
+
+The manifest also checksums its own file list, so damage to it is reported as such.
+"""
+import concurrent.futures
+import hashlib
+import json
+import os
+import pathlib
+from typing import Dict, List, Tuple
+
+
+from viar_jax.io import integrity
+
+MANIFEST = 'manifest.json'
+
+
+def _sha256(path: pathlib.Path) -> str:
+  digest = hashlib.sha256()
+  with path.open('rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def _covered_files(directory: pathlib.Path) -> List[str]:
+  """config.json and everything under params/ (other files beside them, e.g. a tokenizer's
+  reconstructions.png, are not part of the checkpoint)."""
+  files = [p for p in (directory / 'params').rglob('*') if p.is_file()]
+  if (directory / 'config.json').exists():
+    files.append(directory / 'config.json')
+  return sorted(p.relative_to(directory).as_posix() for p in files)
+
+
+def _hash_files(directory: pathlib.Path, names: List[str]) -> Dict[str, str]:
+  # hashlib releases the GIL: large checkpoints hash in parallel.
+  with concurrent.futures.ThreadPoolExecutor(min(8, max(1, len(names)))) as pool:
+    return dict(zip(names, pool.map(lambda n: _sha256(directory / n), names)))
+
+
+def _files_digest(files: Dict[str, str]) -> str:
+  return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
+def write_manifest(directory) -> pathlib.Path:
+  """Writes `<directory>/manifest.json`: sha256 of each checkpoint file, and of that list itself (so
+  damage to the manifest is told apart from damage to a file)."""
+  directory = pathlib.Path(directory)
+  files = _hash_files(directory, _covered_files(directory))
+  blob = {'format': 1, 'algorithm': 'sha256', 'files': files, 'files_sha256': _files_digest(files)}
+  tmp = directory / (MANIFEST + '.tmp')
+  tmp.write_text(json.dumps(blob, indent=1, sort_keys=True))
+  os.replace(tmp, directory / MANIFEST)  # all or nothing
+  return directory / MANIFEST
+
+
+def verify_manifest(directory) -> List[Tuple[str, str]]:
+  """-> [(file, problem)] against the manifest: changed, missing or unexpected files; [] when all
+  agree. A missing or unreadable manifest is a integrity.CheckpointError."""
+  directory = pathlib.Path(directory)
+  path = directory / MANIFEST
+  if not path.exists():
+    raise integrity.damaged(directory, MANIFEST, 'missing (config.json says the checkpoint was written '
+                  'with one)')
+  try:
+    blob = json.loads(path.read_bytes().decode('utf-8'))
+    files = blob['files']
+    ok = isinstance(files, dict) and blob['files_sha256'] == _files_digest(files)
+  except (ValueError, TypeError, KeyError) as e:
+    raise integrity.damaged(directory, MANIFEST, f'unreadable ({integrity.short_message(e)})') from e
+  if not ok:
+    raise integrity.damaged(directory, MANIFEST, 'its own checksum does not match its contents')
+  on_disk = set(_covered_files(directory))
+  problems = [(n, 'missing') for n in sorted(set(files) - on_disk)]
+  problems += [(n, 'unexpected file, not in the manifest') for n in sorted(on_disk - set(files))]
+  present = sorted(on_disk & set(files))
+  for name, digest in _hash_files(directory, present).items():
+    if digest != files[name]:
+      size = (directory / name).stat().st_size
+      problems.append((name, f'contents changed since it was saved (sha256 differs; '
+                             f'{size} bytes{", empty" if size == 0 else ""})'))
+  return problems
