@@ -46,8 +46,8 @@ def main(tokenizer_dir, workdir, mode):
   if kind == 'train':
     write = run_io.MetricLog.write
 
-    def write_then_die(self, at, metrics, console=True):
-      out = write(self, at, metrics, console)
+    def write_then_die(self, at, metrics, *args, **kwargs):
+      out = write(self, at, metrics, *args, **kwargs)
       if at == step:
         deadline = time.time() + 120
         while not finished_steps(workdir) and time.time() < deadline:

@@ -50,7 +50,7 @@ def test_user_errors_are_one_line_with_exit_status_2(ckpts, tmp_path):
   np.save(tmp_path / 'small.npy', np.zeros((8, 8, 3), np.uint8))
   assert_one_line_error(launch(*sample, '--edit', tmp_path / 'small.npy'), 'edit image must be (16, 16, 3)')
   assert_one_line_error(launch('sample', '--vae_ckpt', root / 'nothing', '--model_ckpt', model),
-                        'nothing', 'not a viar-jax checkpoint')
+                        'nothing', 'does not exist')
   assert_one_line_error(launch('sample', '--vae_ckpt', model, '--model_ckpt', vae), 'tokenizer')
   assert_one_line_error(launch('sample', '--per_class=many'), 'per_class', '--help')
   assert_one_line_error(launch('sample'), '--vae_ckpt and --model_ckpt are required')

@@ -1,6 +1,9 @@
-"""Checksum manifests: sha256 of a checkpoint's config.json and of every file under params/.
+"""Checksum manifests: sha256 of every file of a checkpoint.
 
-    <dir>/manifest.json   written last by `checkpoint.save`; verified first by `checkpoint.load`
+    <dir>/manifest.json   model checkpoints: config.json and params/, written last by
+                          `checkpoint.save`, verified first by `checkpoint.load`;
+                          training steps: every file of the step, written once orbax has
+                          finalised it, verified by `run_io.RunCheckpointer.restore`
 
 The manifest also checksums its own file list, so damage to it is reported as such.
 """
@@ -9,8 +12,7 @@ import hashlib
 import json
 import os
 import pathlib
-from typing import Dict, List, Tuple
-
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from viar_jax.io import integrity
 
@@ -25,12 +27,21 @@ def _sha256(path: pathlib.Path) -> str:
   return digest.hexdigest()
 
 
-def _covered_files(directory: pathlib.Path) -> List[str]:
-  """config.json and everything under params/ (other files beside them, e.g. a tokenizer's
-  reconstructions.png, are not part of the checkpoint)."""
-  files = [p for p in (directory / 'params').rglob('*') if p.is_file()]
-  if (directory / 'config.json').exists():
-    files.append(directory / 'config.json')
+MODEL_FILES = ('config.json', 'params')  # what a model checkpoint's manifest covers
+
+
+def _covered_files(directory: pathlib.Path, covers: Optional[Sequence[str]]) -> List[str]:
+  """The files and folders named in `covers` (None: everything but the manifest itself); other
+  files beside them, e.g. a tokenizer's reconstructions.png, are not part of the checkpoint."""
+  if covers is None:
+    files = [p for p in directory.rglob('*')
+             if p.is_file() and p.name not in (MANIFEST, MANIFEST + '.tmp')]
+  else:
+    files = []
+    for name in covers:
+      path = directory / name
+      files += [p for p in path.rglob('*') if p.is_file()] if path.is_dir() else (
+          [path] if path.exists() else [])
   return sorted(p.relative_to(directory).as_posix() for p in files)
 
 
@@ -44,11 +55,11 @@ def _files_digest(files: Dict[str, str]) -> str:
   return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
-def write_manifest(directory) -> pathlib.Path:
+def write_manifest(directory, covers: Optional[Sequence[str]] = MODEL_FILES) -> pathlib.Path:
   """Writes `<directory>/manifest.json`: sha256 of each checkpoint file, and of that list itself (so
   damage to the manifest is told apart from damage to a file)."""
   directory = pathlib.Path(directory)
-  files = _hash_files(directory, _covered_files(directory))
+  files = _hash_files(directory, _covered_files(directory, covers))
   blob = {'format': 1, 'algorithm': 'sha256', 'files': files, 'files_sha256': _files_digest(files)}
   tmp = directory / (MANIFEST + '.tmp')
   tmp.write_text(json.dumps(blob, indent=1, sort_keys=True))
@@ -56,23 +67,26 @@ def write_manifest(directory) -> pathlib.Path:
   return directory / MANIFEST
 
 
-def verify_manifest(directory) -> List[Tuple[str, str]]:
+def verify_manifest(directory, covers: Optional[Sequence[str]] = MODEL_FILES,
+                    what: str = 'checkpoint') -> List[Tuple[str, str]]:
   """-> [(file, problem)] against the manifest: changed, missing or unexpected files; [] when all
   agree. A missing or unreadable manifest is a integrity.CheckpointError."""
   directory = pathlib.Path(directory)
   path = directory / MANIFEST
   if not path.exists():
-    raise integrity.damaged(directory, MANIFEST, 'missing (config.json says the checkpoint was written '
-                  'with one)')
+    raise integrity.damaged(directory, MANIFEST, 'missing (config.json says the checkpoint was '
+                            'written with one)', what)
   try:
     blob = json.loads(path.read_bytes().decode('utf-8'))
     files = blob['files']
     ok = isinstance(files, dict) and blob['files_sha256'] == _files_digest(files)
   except (ValueError, TypeError, KeyError) as e:
-    raise integrity.damaged(directory, MANIFEST, f'unreadable ({integrity.short_message(e)})') from e
+    raise integrity.damaged(directory, MANIFEST, f'unreadable ({integrity.short_message(e)})',
+                            what) from e
   if not ok:
-    raise integrity.damaged(directory, MANIFEST, 'its own checksum does not match its contents')
-  on_disk = set(_covered_files(directory))
+    raise integrity.damaged(directory, MANIFEST, 'its own checksum does not match its contents',
+                            what)
+  on_disk = set(_covered_files(directory, covers))
   problems = [(n, 'missing') for n in sorted(set(files) - on_disk)]
   problems += [(n, 'unexpected file, not in the manifest') for n in sorted(on_disk - set(files))]
   present = sorted(on_disk & set(files))

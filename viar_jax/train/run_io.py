@@ -19,7 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import tensorboardX
 
-from viar_jax.io import integrity
+from viar_jax.io import integrity, manifest
 from viar_jax.train import mfu
 
 
@@ -36,6 +36,7 @@ class RunCheckpointer:
 
   def save(self, step: int, state, data_state: Optional[Dict] = None, meta: Optional[Dict] = None,
            force: bool = False) -> bool:
+    self._write_manifests()  # of the steps finalised since the last save (waits for them)
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               data=ocp.args.JsonSave(data_state or {}),
                               meta=ocp.args.JsonSave(meta or {}))
@@ -59,6 +60,10 @@ class RunCheckpointer:
     what = 'training checkpoint'
     if not step_dir.is_dir():
       raise integrity.CheckpointNotFoundError(f'{what} {step_dir} does not exist', step_dir)
+    if (step_dir / manifest.MANIFEST).exists():  # absent if killed between finalising and writing it
+      problems = manifest.verify_manifest(step_dir, covers=None, what=what)
+      if problems:
+        raise integrity.damaged(step_dir, problems[0][0], problems[0][1], what)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_template)
     stored = integrity.tree_metadata(step_dir, step_dir / 'state', what)
     integrity.check_tree(step_dir, abstract, stored, what=what, where='state/',
@@ -73,11 +78,22 @@ class RunCheckpointer:
     integrity.check_finite(step_dir, restored['state'], 'state/', what)
     return restored
 
-  def wait(self):
+  def _write_manifests(self):
+    """Checksums every finalised step that has none yet (orbax's own files carry no checksum of
+    the array bytes, so a flipped bit would otherwise restore silently)."""
     self.manager.wait_until_finished()
+    if jax.process_index() != 0:
+      return
+    for step in self.manager.all_steps():
+      step_dir = self.directory / str(step)
+      if step_dir.is_dir() and not (step_dir / manifest.MANIFEST).exists():
+        manifest.write_manifest(step_dir, covers=None)
+
+  def wait(self):
+    self._write_manifests()
 
   def close(self):
-    self.manager.wait_until_finished()
+    self._write_manifests()
     self.manager.close()
 
 
