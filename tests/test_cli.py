@@ -65,3 +65,17 @@ def test_verbose_keeps_the_traceback(ckpts, tmp_path):
                 '--out', tmp_path)
   assert done.returncode != 0 and 'Traceback' in done.stderr
   assert 'class ids [7] outside [0, 5]' in done.stderr
+
+
+@pytest.mark.slow
+def test_launchers_keep_compiled_programs_in_a_user_cache(ckpts, tmp_path):
+  vae, model, _ = ckpts
+  env = {k: v for k, v in os.environ.items() if not k.startswith('JAX_PERSISTENT_CACHE')}
+  env.update(JAX_PLATFORMS='cpu', XDG_CACHE_HOME=str(tmp_path / 'cache'))
+  env.pop('JAX_COMPILATION_CACHE_DIR', None)
+  done = subprocess.run(
+      [sys.executable, '-m', 'launch.sample', '--vae_ckpt', vae, '--model_ckpt', model,
+       '--classes', '1', '--per_class', '1', '--batch', '1', '--top_k', '0', '--top_p', '0',
+       '--out', tmp_path / 'out'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert list((tmp_path / 'cache' / 'viar_jax' / 'jit').iterdir())  # the sampler's program
