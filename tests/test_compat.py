@@ -29,6 +29,8 @@ def test_codebook_mismatch_names_the_field(field, value):
     compat.fit_tokenizer(VAE, model)
 
 
-def test_swapped_configs_are_refused():
-  with pytest.raises(TypeError, match='tokenizer'):
-    compat.fit_tokenizer(MODEL, MODEL)
+def test_swapped_configs_are_refused_naming_their_source():
+  with pytest.raises(ValueError, match='ckpt/a holds a TransformerConfig, not a tokenizer'):
+    compat.fit_tokenizer(MODEL, MODEL, ('ckpt/a', 'ckpt/b'))
+  with pytest.raises(ValueError, match='ckpt/b holds a VQVAEConfig, not a transformer'):
+    compat.fit_tokenizer(VAE, VAE, ('ckpt/a', 'ckpt/b'))

@@ -85,5 +85,5 @@ def test_argument_helpers(ckpts):
     edit.keep_mask(['0.5', '0.5', '0', '1'], 'inpaint', 4)
   with pytest.raises(ValueError, match='4 values'):
     edit.keep_mask(['0.5', '1'], 'inpaint', 4)
-  with pytest.raises(ValueError, match='holds a transformer, not a tokenizer'):
+  with pytest.raises(ValueError, match='viar holds a TransformerConfig, not a tokenizer'):
     generate.generate(model_dir, model_dir, [], 1, 1, sampler.SampleOptions(), 0, 'unused')

@@ -184,6 +184,27 @@ def test_jfb_grad_comes_only_from_the_differentiated_phase():
     np.testing.assert_array_equal(none[name], np.zeros_like(params[name]))
 
 
+def test_jfb_runs_only_the_differentiated_steps_it_asks_for():
+  """Steps past m are skipped, not computed and discarded: one compiled grad, step evaluations
+  counted by a host callback (each run step: forward + checkpointed recompute)."""
+  calls = []
+
+  def step(p, z, inj):
+    jax.debug.callback(lambda: calls.append(1))
+    return jnp.tanh(z @ p + inj)
+
+  p, z0 = 0.5 * jnp.eye(4), jnp.ones((2, 4))
+  grad = jax.jit(jax.grad(lambda p, m: jnp.sum(solvers.jfb_fixed_point(
+      step, p, z0, z0, no_grad_iters=0, with_grad_iters=m, max_with_grad_iters=12))))
+  counts = {}
+  for m in (1, 5, 12):
+    calls.clear()
+    jax.block_until_ready(grad(p, jnp.int32(m)))
+    jax.effects_barrier()
+    counts[m] = len(calls)
+  assert counts == {1: 2, 5: 10, 12: 24}, counts
+
+
 def test_draw_jfb_iters_covers_inclusive_ranges():
   keys = jax.random.split(jax.random.key(0), 200)
   k, m = jax.vmap(lambda key: solvers.draw_jfb_iters(key, (0, 2), (1, 3)))(keys)

@@ -4,19 +4,21 @@ import dataclasses
 from viar_jax.models import transformer, vqvae
 
 
-def fit_tokenizer(vae_cfg: vqvae.VQVAEConfig, cfg: transformer.TransformerConfig
-                  ) -> vqvae.VQVAEConfig:
+def fit_tokenizer(vae_cfg: vqvae.VQVAEConfig, cfg: transformer.TransformerConfig,
+                  sources=('the tokenizer', 'the transformer')) -> vqvae.VQVAEConfig:
   """`vae_cfg` checked against `cfg` and set to the transformer's scales.
 
   The tokenizer CNN is resolution-agnostic, so a tokenizer trained at one resolution serves a
   transformer whose finest scale implies another (the released VQ-VAE serves 256px and 512px
   models): the image side becomes finest scale x the tokenizer's downsampling. The codebook must
-  match: vocab_size and z_channels.
+  match: vocab_size and z_channels. `sources` name where the two configs came from (e.g. checkpoint
+  directories), for the messages.
   """
   if not isinstance(vae_cfg, vqvae.VQVAEConfig):
-    raise TypeError(f'expected a tokenizer (VQVAEConfig), got a {type(vae_cfg).__name__}')
+    raise ValueError(f'{sources[0]} holds a {type(vae_cfg).__name__}, not a tokenizer (VQVAEConfig)')
   if not isinstance(cfg, transformer.TransformerConfig):
-    raise TypeError(f'expected a transformer (TransformerConfig), got a {type(cfg).__name__}')
+    raise ValueError(f'{sources[1]} holds a {type(cfg).__name__}, not a transformer '
+                     '(TransformerConfig)')
   mismatched = [f'{name}: tokenizer {getattr(vae_cfg, name)} vs transformer {getattr(cfg, name)}'
                 for name in ('vocab_size', 'z_channels') if getattr(vae_cfg, name) != getattr(cfg, name)]
   if mismatched:

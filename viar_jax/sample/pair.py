@@ -5,25 +5,16 @@
 The tokenizer CNN is resolution-agnostic: a tokenizer trained at one resolution serves a transformer
 whose finest scale implies another (the released VQ-VAE serves 256px and 512px models).
 """
-import pathlib
 from typing import Tuple
 
 from viar_jax.io import checkpoint
 from viar_jax.models import compat, factory, transformer, vqvae
 
 
-def check_kinds(vae_cfg, cfg, vae_ckpt, model_ckpt) -> None:
-  if not isinstance(vae_cfg, vqvae.VQVAEConfig):
-    raise ValueError(f'{vae_ckpt} holds a transformer, not a tokenizer')
-  if not isinstance(cfg, transformer.TransformerConfig):
-    raise ValueError(f'{model_ckpt} holds a tokenizer, not a transformer')
-
-
 def configs(vae_ckpt, model_ckpt) -> Tuple[vqvae.VQVAEConfig, transformer.TransformerConfig]:
   """Both configs (tokenizer fitted), without reading any params."""
   vae_cfg, cfg = checkpoint.load_config(vae_ckpt), checkpoint.load_config(model_ckpt)
-  check_kinds(vae_cfg, cfg, vae_ckpt, model_ckpt)
-  return compat.fit_tokenizer(vae_cfg, cfg), cfg
+  return compat.fit_tokenizer(vae_cfg, cfg, (vae_ckpt, model_ckpt)), cfg
 
 
 def image_size(vae_ckpt, model_ckpt) -> int:
@@ -36,5 +27,5 @@ def load(vae_ckpt, model_ckpt):
   """-> (VQVAE module, its params, Transformer module, its params)."""
   vae_cfg, vae_params = checkpoint.load(vae_ckpt)
   cfg, params = checkpoint.load(model_ckpt)
-  check_kinds(vae_cfg, cfg, pathlib.Path(vae_ckpt), pathlib.Path(model_ckpt))
-  return vqvae.VQVAE(compat.fit_tokenizer(vae_cfg, cfg)), vae_params, factory.module_for(cfg), params
+  vae_cfg = compat.fit_tokenizer(vae_cfg, cfg, (vae_ckpt, model_ckpt))
+  return vqvae.VQVAE(vae_cfg), vae_params, factory.module_for(cfg), params

@@ -128,7 +128,10 @@ def train(c, workdir: str, stop_after: int = None):
   replicate = sharding.IMPLICIT_MODULES if c.mesh.replicate_implicit else ()
   batch_shapes = (factory.image_shape(vae_cfg, c.optim.batch_size),
                   jax.ShapeDtypeStruct((c.optim.batch_size,), jnp.int32))
-  compiled_steps, compiler_flops = {}, {}
+  compiled_steps, step_flops = {}, {}  # per stage: (model FLOPs, compiler FLOPs) of one step
+  # VIAR's K and m vary per step; MFU over a logging window uses their means.
+  expected_iters = dict(no_grad_iters=np.mean(mcfg.no_grad_iters_range),
+                        with_grad_iters=np.mean(mcfg.with_grad_iters_range)) if mcfg.implicit else {}
 
   def compiled_step(stage):
     """The AOT-compiled train step of a progressive stage (one stage when not progressive)."""
@@ -137,7 +140,9 @@ def train(c, workdir: str, stop_after: int = None):
           model, vae, vae_params, optimizer, mesh, replicate=replicate,
           label_smoothing=c.optim.label_smoothing, stage=stage if prog.enabled else None)[0]
       compiled, report = profiling.compile_with_report(step_fn, state_shapes, *batch_shapes)
-      compiler_flops[stage] = report.flops
+      tokens = mcfg.scale_bounds[stage.num_scales - 1][1] if prog.enabled else mcfg.seq_len
+      step_flops[stage] = (mfu.model_flops_per_step(mcfg, state_shapes.params, c.optim.batch_size,
+                                                    tokens, **expected_iters), report.flops)
       print(report.line(f'train step{f" ({stage.num_scales} scales)" if prog.enabled else ""}'),
             flush=True)
       compiled_steps[stage] = compiled
@@ -176,8 +181,6 @@ def train(c, workdir: str, stop_after: int = None):
   stop = {'now': False}
   signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
   log = run_io.MetricLog(workdir, c.optim.steps, c.optim.batch_size)
-  expected_iters = dict(no_grad_iters=np.mean(mcfg.no_grad_iters_range),
-                        with_grad_iters=np.mean(mcfg.with_grad_iters_range)) if mcfg.implicit else {}
   meta = {'config': c.to_dict()}
   metrics, done = None, start
   skips = data_lib.SkipReport(loader.skip_stats)
@@ -206,10 +209,9 @@ def train(c, workdir: str, stop_after: int = None):
         if prog.enabled:
           metrics = dict(metrics, prog_scales=stage.num_scales,
                          prog_weight=progressive.newest_scale_weight(stage, step))
-        tokens = mcfg.scale_bounds[stage.num_scales - 1][1] if prog.enabled else mcfg.seq_len
-        log.write(done, skips.add_to(metrics), model_flops=mfu.model_flops_per_step(
-            mcfg, state_shapes.params, c.optim.batch_size, tokens, **expected_iters),
-                  compiler_flops=compiler_flops.get(stage))
+        model_flops, compiler_flops = step_flops[stage]
+        log.write(done, skips.add_to(metrics), model_flops=model_flops,
+                  compiler_flops=compiler_flops)
       if done % c.ckpt_every == 0 or done == c.optim.steps or stop['now']:
         run_io.check_finite(done, metrics, kept=last_finite)  # never save a NaN / inf state
         ckpt.save(done, state, {'grain': data_lib.loader_state(data_iter).decode()}, meta,
