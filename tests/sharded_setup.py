@@ -24,9 +24,10 @@ def run_steps(data: int, fsdp: int, devices=None, replicate=(), process_slice=No
   labels = rng.integers(0, 5, (STEPS, BATCH)).astype(np.int32)  # includes the null class 4
 
   mesh = sharding.make_mesh(data, fsdp, devices=devices)
-  step, create, _, batch_sharding = train_step.sharded_train_step(model, vae, vae_params, optimizer,
-                                                               mesh, replicate=replicate)
-  state, losses = create(jax.random.PRNGKey(3)), []
+  sharded = train_step.sharded_train_step(model, vae, optimizer, mesh, replicate=replicate)
+  batch_sharding = sharded.batch_sharding
+  vae_params = jax.device_put(vae_params, sharded.replicated)
+  state, losses = sharded.create(jax.random.PRNGKey(3)), []
   for i in range(STEPS):
     x, y = images[i], labels[i]
     if process_slice is not None:  # this process's rows of the global batch
@@ -35,7 +36,7 @@ def run_steps(data: int, fsdp: int, devices=None, replicate=(), process_slice=No
       x, y = x[rows], y[rows]
     x = jax.make_array_from_process_local_data(batch_sharding, x)
     y = jax.make_array_from_process_local_data(batch_sharding, y)
-    state, metrics = step(state, x, y)
+    state, metrics = sharded.step(state, vae_params, x, y)
     losses.append(float(metrics['loss']))
   if process_slice is not None:
     return losses

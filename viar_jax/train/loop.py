@@ -137,9 +137,10 @@ def train(c, workdir: str, stop_after: int = None):
     """The AOT-compiled train step of a progressive stage (one stage when not progressive)."""
     if stage not in compiled_steps:
       step_fn = train_step.sharded_train_step(
-          model, vae, vae_params, optimizer, mesh, replicate=replicate,
-          label_smoothing=c.optim.label_smoothing, stage=stage if prog.enabled else None)[0]
-      compiled, report = profiling.compile_with_report(step_fn, state_shapes, *batch_shapes)
+          model, vae, optimizer, mesh, replicate=replicate,
+          label_smoothing=c.optim.label_smoothing, stage=stage if prog.enabled else None).step
+      compiled, report = profiling.compile_with_report(step_fn, state_shapes, vae_params,
+                                                       *batch_shapes)
       tokens = mcfg.scale_bounds[stage.num_scales - 1][1] if prog.enabled else mcfg.seq_len
       step_flops[stage] = (mfu.model_flops_per_step(mcfg, state_shapes.params, c.optim.batch_size,
                                                     tokens, **expected_iters), report.flops)
@@ -148,8 +149,9 @@ def train(c, workdir: str, stop_after: int = None):
       compiled_steps[stage] = compiled
     return compiled_steps[stage]
 
-  _, create, state_sharding, batch_sharding = train_step.sharded_train_step(
-      model, vae, vae_params, optimizer, mesh, replicate=replicate)
+  sharded = train_step.sharded_train_step(model, vae, optimizer, mesh, replicate=replicate)
+  create, state_sharding, batch_sharding = sharded.create, sharded.state_sharding, sharded.batch_sharding
+  vae_params = jax.device_put(vae_params, sharded.replicated)
   state_shapes = jax.eval_shape(create, jax.random.PRNGKey(0))
   print(f'{"VIAR" if mcfg.implicit else "VAR"}: C={mcfg.embed_dim} depth={mcfg.depth} '
         f'L={mcfg.seq_len}; peak lr {peak_lr:.3g} ({lr_kind}); mesh data={data_axis} '
@@ -200,7 +202,7 @@ def train(c, workdir: str, stop_after: int = None):
       labels = jax.make_array_from_process_local_data(batch_sharding,
                                                       np.asarray(batch['label'], np.int32))
       stage = prog.stage(step)
-      state, metrics = compiled_step(stage)(state, images, labels)
+      state, metrics = compiled_step(stage)(state, vae_params, images, labels)
       done = step + 1
       if stop_after is not None and done - start >= stop_after:
         stop['now'] = True

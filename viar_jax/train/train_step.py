@@ -9,12 +9,13 @@ teacher-forcing input (B, L - 1, Cvae). The loss is the mean token cross-entropy
 uniform 1/L weights). Randomness (cond-drop, drop-path, VIAR's K and m) comes from the state's key
 folded with the step, so a step is a pure function of (state, batch).
 """
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import flax
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from viar_jax.models import factory, transformer, vqvae
 from viar_jax.train import progressive
@@ -115,20 +116,34 @@ def eval_step(params, images_BHWC, labels_B, *, model: transformer.Transformer, 
   return token_metrics(logits, gt_BL, model.config.patch_nums[-1]**2)
 
 
-def sharded_train_step(model, vae, vae_params, optimizer, mesh, *, replicate=(),
-                       label_smoothing: float = 0.0, stage: Optional[progressive.Stage] = None):
+class ShardedStep(NamedTuple):
+  """`sharded_train_step`'s result: the jitted step and create functions and their shardings."""
+  step: Callable  # (state, vae_params, images_BHWC, labels_B) -> (state, metrics); state donated
+  create: Callable  # key -> TrainState, sharded
+  state_sharding: Any
+  batch_sharding: NamedSharding
+  replicated: NamedSharding  # the tokenizer's params (and any other whole-on-every-device input)
+
+
+def sharded_train_step(model, vae, optimizer, mesh, *, replicate=(),
+                       label_smoothing: float = 0.0,
+                       stage: Optional[progressive.Stage] = None) -> ShardedStep:
   """`train_step` jitted for a mesh: state sharded by `sharding.tree_specs`, batch over (data, fsdp),
-  the state donated. Returns (step_fn(state, images, labels), create_fn(key), state_sharding,
-  batch_sharding); `stage` makes it the step of one progressive-training stage."""
+  the tokenizer's params replicated (an argument, not a closure: no constants in the program, and
+  it compiles from shapes alone), the state donated; `stage` makes it the step of one
+  progressive-training stage."""
   from viar_jax.train import sharding  # pylint: disable=import-outside-toplevel
   create = lambda key: create_train_state(model, optimizer, key)
   shapes = jax.eval_shape(create, jax.random.PRNGKey(0))
   state_sharding = sharding.named_shardings(
       sharding.tree_specs(shapes, mesh, replicate=replicate), mesh)
   batch_sharding = sharding.batch_sharding(mesh)
+  replicated = NamedSharding(mesh, PartitionSpec())
   step = jax.jit(
-      lambda s, x, y: train_step(s, x, y, model=model, vae=vae, vae_params=vae_params,
-                                 optimizer=optimizer, label_smoothing=label_smoothing, stage=stage),
-      in_shardings=(state_sharding, batch_sharding, batch_sharding),
+      lambda s, vp, x, y: train_step(s, x, y, model=model, vae=vae, vae_params=vp,
+                                     optimizer=optimizer, label_smoothing=label_smoothing,
+                                     stage=stage),
+      in_shardings=(state_sharding, replicated, batch_sharding, batch_sharding),
       out_shardings=(state_sharding, None), donate_argnums=(0,))
-  return step, jax.jit(create, out_shardings=state_sharding), state_sharding, batch_sharding
+  return ShardedStep(step, jax.jit(create, out_shardings=state_sharding), state_sharding,
+                     batch_sharding, replicated)
