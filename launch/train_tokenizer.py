@@ -11,11 +11,10 @@ The perceptual loss needs user-supplied weights (nothing is downloaded) and imag
         --config.tokenizer.perceptual_weight=1.0 \
         --config.tokenizer.lpips_vgg=vgg16-397923af.pth --config.tokenizer.lpips_lin=vgg.pth
 """
-import pathlib
-
+from etils import epath
 from ml_collections import config_flags
 
-from viar_jax import cli
+from viar_jax import cli, runtime
 from viar_jax.train import tokenizer_loop
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/digits.py', 'training config file')
@@ -23,8 +22,9 @@ _CONFIG = config_flags.DEFINE_config_file('config', 'configs/digits.py', 'traini
 
 def main(argv):
   del argv
+  runtime.initialize()  # one process or many, as launch.train
   c = _CONFIG.value
-  tokenizer_loop.train(c, pathlib.Path(c.workdir) / 'tokenizer')
+  tokenizer_loop.train(c, epath.Path(c.workdir) / 'tokenizer')
 
 
 if __name__ == '__main__':

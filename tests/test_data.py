@@ -1,5 +1,6 @@
 """Input pipeline: digits TFDS builder, image-folder source, grain loader (shapes, seeds, sharding,
 checkpointed iterator state, corrupt files), reference transforms and error messages."""
+import itertools
 import io
 import logging
 
@@ -143,21 +144,24 @@ def test_digits_loader_shapes_and_seeds(digits_dir):
                                 [src[i]['label'] for i in range(1500)])  # Source order.
 
 
-def test_sharding_disjoint_halves():
+@pytest.mark.parametrize('num_epochs', [1, None])
+def test_processes_read_rows_of_the_one_process_batches(num_epochs):
+  """Process p's batches are rows [p·b, (p+1)·b) of the 1-process batches, augmentation included:
+  a run's global batches do not depend on how many processes read them."""
   src = IndexSource(100)
-  seen = []
-  for p in range(2):
-    loader = data.make_loader(src, image_size=16, global_batch_size=10, seed=3, train=True,
-                              process_index=p, process_count=2, num_epochs=1,
-                              read_options=SMALL_READ)
-    assert loader.local_batch_size == 5 and loader.num_records == 50
-    batches = list(loader)
-    assert all(b['image'].shape == (5, 16, 16, 3) for b in batches)
-    ids = np.concatenate([record_ids(b) for b in batches])
-    np.testing.assert_array_equal(np.concatenate([b['label'] for b in batches]), ids % 10)
-    assert len(ids) == 50 and len(set(ids.tolist())) == 50
-    seen.append(set(ids.tolist()))
-  assert not seen[0] & seen[1] and seen[0] | seen[1] == set(range(100))
+  make = lambda p, n: data.make_loader(src, image_size=16, global_batch_size=10, seed=3,
+                                       train=True, hflip=True, process_index=p, process_count=n,
+                                       num_epochs=num_epochs, read_options=SMALL_READ)
+  whole = list(itertools.islice(make(0, 1), 12))
+  halves = [list(itertools.islice(make(p, 2), 12)) for p in range(2)]
+  assert make(1, 2).local_batch_size == 5 and make(1, 2).num_records == 50
+  assert len(whole) == (10 if num_epochs == 1 else 12) == len(halves[0]) == len(halves[1])
+  for k, batch in enumerate(whole):
+    for key in ('image', 'label'):
+      np.testing.assert_array_equal(
+          np.concatenate([halves[0][k][key], halves[1][k][key]]), batch[key])
+  first_epoch = np.concatenate([record_ids(b) for b in halves[0][:10]])
+  assert len(set(first_epoch.tolist())) == 50  # an epoch: each record once, half of them here
 
 
 def test_epochs_reshuffle():

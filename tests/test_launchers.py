@@ -15,6 +15,9 @@ CASES = {
     'bench_jfb_time': (['--repeats=5'], {'repeats': 5, 'embed_dim': 256}),
     'benchmark': (['--quick', '--patch_nums=1,2', '--noisolate'],
                   {'quick': True, 'patch_nums': ['1', '2'], 'isolate': False, 'out': 'out/benchmark'}),
+    'compile_report': (['--config=configs/imagenet.py:var_d30', '--topology=v5p-64', '--mode=sample',
+                        '--batch=8'], {'topology': 'v5p-64', 'mode': 'sample', 'batch': 8,
+                                       'search_batch': False, 'out': 'out/compile_report'}),
     'convert': (['--src=a.pth', '--dst=ckpt/a', '--model=var_d16'], {'model': 'var_d16'}),
     'evaluate': (['--samples=s.npz', '--metrics=digits,adm', '--iters=10,2'],
                  {'metrics': ['digits', 'adm'], 'iters': ['10', '2'], 'out': 'out/evaluate'}),
@@ -72,4 +75,4 @@ def test_every_launcher_parses_its_flags():
       assert parsed[name][flag] == value, (name, flag)
   assert parsed['train']['config'] == {'implicit': True, 'batch_size': 512, 'workdir': 'out/viar_d30'}
   assert parsed['train_tokenizer']['config']['workdir'] == 'out/digits'
-  assert parsed['train']['multihost'] is False
+  assert parsed['train']['stop_after'] is None

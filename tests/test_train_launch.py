@@ -9,6 +9,7 @@ import pytest
 
 import tb_events
 from configs import digits, imagenet
+from viar_jax import runtime
 from viar_jax.io import checkpoint, released, run_config
 from viar_jax.models import factory
 from viar_jax.train import loop, run_io, tokenizer_loop
@@ -57,7 +58,7 @@ def test_resume_equals_straight_run(tokenizer_dir, tmp_path):
   """Progressive training on, so resuming must also land in the right stage and ramp."""
   straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
   state_a, _ = loop.train(progressive_config(straight, tokenizer_dir), straight)
-  loop.train(progressive_config(resumed, tokenizer_dir), resumed, stop_after=3)
+  loop.train(progressive_config(resumed, tokenizer_dir), resumed, stop=runtime.Stop(after=3))
   assert run_io.RunCheckpointer(resumed).latest_step() == 3
   assert not (resumed / 'model').exists()  # exported only once training is complete
   state_b, _ = loop.train(progressive_config(resumed, tokenizer_dir), resumed)

@@ -3,12 +3,13 @@
   source[k] -> decode + reference transform -> drop unreadable (counted) -> batch B_local
   -> {'image': (B_local, R, R, 3) float32 in [-1, 1], 'label': (B_local,) int32}
 
-Record order, sharding and per-record randomness come from `grain.python.IndexSampler`: each
-process reads the contiguous shard `process_index` of `process_count` (remainder dropped so every
-process sees as many records), shuffled per epoch, and record number i of the global stream gets
-its own `np.random.Generator(Philox(grain_seed(seed) + i))`. So the batches depend only on
-(seed, process_index, process_count, batch size), and the iterator state (`loader_state`) is
-the position in that stream: restoring it replays the following batches exactly.
+Record order and per-record randomness come from one global `grain.python.IndexSampler` stream
+(shuffled per epoch; record number i of the stream gets its own
+`np.random.Generator(Philox(grain_seed(seed) + i))`), cut into global batches of B records; process
+p of P reads rows [p·B/P, (p+1)·B/P) of each (`ProcessRows`). So the global batch, row for row and
+augmentation for augmentation, depends only on (seed, B), never on the number of processes: a
+run on 2 hosts sees the batches of a run on 1. Each process's iterator state (`loader_state`) is
+its position in its rows of the stream: restoring it replays the following batches exactly.
 """
 import dataclasses
 import threading
@@ -127,7 +128,7 @@ class Loader:
     data_loader: the `grain.python.DataLoader`.
     skip_stats: records dropped as unreadable so far (see `SkipStats`).
     local_batch_size: B_local = global_batch_size // process_count.
-    num_records: records in this process's shard (one epoch).
+    num_records: records this process reads in one epoch (source records // process_count).
   """
   data_loader: grain.DataLoader
   skip_stats: SkipStats
@@ -137,6 +138,32 @@ class Loader:
   def __iter__(self) -> grain.PyGrainDatasetIterator:
     """A fresh iterator from the start; it has `get_state()` / `set_state()`."""
     return iter(self.data_loader)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessRows:
+  """A grain sampler: process `index` of `count`'s rows of every global batch of `sampler`'s stream.
+
+  Local position j is global position (j // b)·B + index·b + j % b, with b = B / count; the record
+  metadata (key and per-record rng) is the global position's, so augmentation does not depend on
+  the process count either. Its repr (checked by grain on restore) names the process.
+  """
+  sampler: grain.IndexSampler
+  global_batch_size: int
+  index: int
+  count: int
+
+  def __len__(self) -> int:
+    b, (full, rest) = self.local_batch_size, divmod(len(self.sampler), self.global_batch_size)
+    return full * b + min(max(rest - self.index * b, 0), b)
+
+  @property
+  def local_batch_size(self) -> int:
+    return self.global_batch_size // self.count
+
+  def __getitem__(self, j: int) -> grain.RecordMetadata:
+    b = self.local_batch_size
+    return self.sampler[(j // b) * self.global_batch_size + self.index * b + j % b]
 
 
 def make_loader(source, *, image_size: int, global_batch_size: int, seed: int, train: bool,
@@ -155,7 +182,8 @@ def make_loader(source, *, image_size: int, global_batch_size: int, seed: int, t
     train: True: shuffled, random crop (+ `hflip`), infinite by default, partial last batch
       dropped. False: source order, centre crop, one epoch by default, partial last batch kept.
     hflip: random horizontal flips (train only).
-    process_index, process_count: this process's shard of the data (e.g. jax.process_index()).
+    process_index, process_count: this process reads its rows of each global batch (`ProcessRows`;
+      e.g. jax.process_index(), jax.process_count()).
     num_epochs: passes over the data; None -> infinite for train, 1 for eval.
     worker_count: grain worker processes (0: in this process; >0 needs a `__main__` guard in the
       launching script; unparsed absl flags are marked parsed, i.e. left at their defaults).
@@ -167,7 +195,7 @@ def make_loader(source, *, image_size: int, global_batch_size: int, seed: int, t
   Returns:
     A `Loader`; iterating yields {'image': (B_local, R, R, 3) float32 in [-1, 1],
     'label': (B_local,) int32} with B_local = global_batch_size // process_count. Iterating raises
-    `NoReadableRecordsError` (a ValueError) once twice the shard's record count (times
+    `NoReadableRecordsError` (a ValueError) once twice the source's record count (times
     `worker_count`) were unreadable in a row: a source with no readable image would never yield.
   """
   if process_count < 1 or not 0 <= process_index < process_count:
@@ -186,10 +214,9 @@ def make_loader(source, *, image_size: int, global_batch_size: int, seed: int, t
   local_batch_size = global_batch_size // process_count
   if num_epochs is None and not train:
     num_epochs = 1
-  shard = grain.ShardOptions(shard_index=process_index, shard_count=process_count,
-                             drop_remainder=True)
-  sampler = grain.IndexSampler(num_records, shard_options=shard, shuffle=train,
-                               num_epochs=num_epochs, seed=grain_seed(seed))
+  stream = grain.IndexSampler(num_records, shard_options=grain.NoSharding(), shuffle=train,
+                              num_epochs=num_epochs, seed=grain_seed(seed))
+  sampler = ProcessRows(stream, global_batch_size, process_index, process_count)
   transform = (_TrainTransform(image_size, hflip, resize_mode) if train
                else _EvalTransform(image_size, resize_mode))
   if skip_stats is None:
@@ -200,11 +227,13 @@ def make_loader(source, *, image_size: int, global_batch_size: int, seed: int, t
     # Grain's workers read absl flags; a script without absl.app.run gets their defaults.
     logging.info('make_loader: absl flags not parsed; using defaults for grain workers')
     flags.FLAGS.mark_as_parsed()
-  # Any 2n - 1 reads in a row of one process's stream hold a whole epoch of its n records; a worker
-  # sees every worker_count-th read, hence the factor.
-  limit = 2 * (num_records // process_count) * max(1, worker_count)
+  # Any 2n - 1 reads in a row of a one-process stream hold a whole epoch of its n records; more
+  # processes see parts of it (a heuristic then, by a wide margin); a worker sees every
+  # worker_count-th read, hence the factor.
+  limit = 2 * num_records * max(1, worker_count)
   data_loader = grain.DataLoader(
-      data_source=source, sampler=sampler, shard_options=shard, worker_count=worker_count,
+      data_source=source, sampler=sampler, shard_options=grain.NoSharding(),
+      worker_count=worker_count,
       read_options=read_options,
       operations=[transform, _DropSkipped(skip_stats, limit, repr(source)),
                   grain.Batch(batch_size=local_batch_size, drop_remainder=train)])

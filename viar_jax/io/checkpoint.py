@@ -17,12 +17,13 @@ Checkpoints written before manifests existed (no `manifest` key in config.json) 
 """
 import dataclasses
 import json
-import pathlib
 from typing import Any, Tuple
 
+from etils import epath
 import orbax.checkpoint as ocp
 
-from viar_jax.io import integrity, manifest, run_config
+from viar_jax import runtime
+from viar_jax.io import integrity, manifest, run_config, writable
 from viar_jax.models import factory, transformer, vqvae
 
 KINDS = {'vqvae': vqvae.VQVAEConfig, 'transformer': transformer.TransformerConfig}
@@ -44,7 +45,7 @@ def config_from_json(blob: dict):
   return run_config.dataclass_from(KINDS[blob['kind']], blob['config'], 'config.json')
 
 
-def _read_config_json(directory: pathlib.Path) -> Tuple[dict, Any]:
+def _read_config_json(directory: epath.Path) -> Tuple[dict, Any]:
   """-> (the parsed config.json, its config); any fault is a integrity.CheckpointError."""
   path = directory / 'config.json'
   if not directory.is_dir():
@@ -64,21 +65,28 @@ def _read_config_json(directory: pathlib.Path) -> Tuple[dict, Any]:
 
 def load_config(directory):
   """The VQVAEConfig or TransformerConfig of a checkpoint, without integrity.reading its params."""
-  return _read_config_json(pathlib.Path(directory).absolute())[1]
+  return _read_config_json(writable.absolute(directory))[1]
 
 
-def save(directory, params, config) -> pathlib.Path:
-  """Writes params, config and the checksum manifest; refuses to overwrite a checkpoint."""
-  directory = pathlib.Path(directory).absolute()
+def save(directory, params, config) -> epath.Path:
+  """Writes params, config and the checksum manifest; refuses to overwrite a checkpoint.
+
+  With several processes every process calls it (params may be sharded over all of them: each
+  writes its shards, no gather to one host); process 0 writes config.json and the manifest.
+  """
+  directory = writable.absolute(directory)
   if (directory / 'params').exists():
     raise FileExistsError(f'{directory} already holds a checkpoint; choose another directory')
+  runtime.sync('checkpoint save: checked')  # no process may see another's params/ above
   directory.mkdir(parents=True, exist_ok=True)
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(directory / 'params', params)
   checkpointer.wait_until_finished()
-  blob = dict(config_to_json(config), manifest=manifest.MANIFEST)  # tells load that a manifest must be there
-  (directory / 'config.json').write_text(json.dumps(blob, indent=1))
-  manifest.write_manifest(directory)  # last: a checkpoint with a manifest is complete
+  if runtime.is_primary():
+    blob = dict(config_to_json(config), manifest=manifest.MANIFEST)  # load: a manifest must be there
+    (directory / 'config.json').write_text(json.dumps(blob, indent=1))
+    manifest.write_manifest(directory)  # last: a checkpoint with a manifest is complete
+  runtime.sync('checkpoint save: complete')
   return directory
 
 
@@ -99,7 +107,7 @@ def load(directory) -> Tuple[Any, Any]:
     integrity.CheckpointError: the checkpoint is integrity.damaged or its params are of another model than its
       config.json (integrity.CheckpointNotFoundError, also a FileNotFoundError, when nothing is there).
   """
-  directory = pathlib.Path(directory).absolute()
+  directory = writable.absolute(directory)
   if not (directory / 'params').exists():
     if (directory / 'config.json').exists():
       raise integrity.damaged(directory, 'params/', 'missing (config.json is there)')

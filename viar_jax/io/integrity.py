@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import os
-import pathlib
 import re
 import sys
 import warnings
@@ -168,7 +167,7 @@ def _chain(error: BaseException) -> Iterator[BaseException]:
     error = error.__cause__ or error.__context__
 
 
-def _bad_orbax_file(item_dir: pathlib.Path) -> Optional[Tuple[pathlib.Path, str]]:
+def _bad_orbax_file(item_dir: epath.Path) -> Optional[Tuple[epath.Path, str]]:
   """The first orbax file under `item_dir` (an item, or a step of items) that is missing (a tree's
   metadata) or is not valid JSON: (its path, what is wrong). orbax's JSON errors name no file."""
   dirs = [item_dir] + sorted(p for p in item_dir.iterdir() if p.is_dir() and p.name not in (
@@ -187,7 +186,7 @@ def _bad_orbax_file(item_dir: pathlib.Path) -> Optional[Tuple[pathlib.Path, str]
   return None
 
 
-def locate(error: BaseException, directory: pathlib.Path, item_dir: pathlib.Path
+def locate(error: BaseException, directory: epath.Path, item_dir: epath.Path
            ) -> Tuple[Optional[str], str]:
   """(the file or parameter at fault, relative to `directory`, or None; what is wrong, one line)
   for an exception raised while orbax read `item_dir`."""
@@ -254,7 +253,7 @@ def _quiet_abandoned_reads():
 def reading(directory, item_dir, what: str = 'checkpoint'):
   """Turns any error while orbax reads `item_dir` into a CheckpointError (DAMAGED) naming the file
   or parameter when the error allows."""
-  directory, item_dir = pathlib.Path(directory), pathlib.Path(item_dir)
+  directory, item_dir = epath.Path(directory), epath.Path(item_dir)
   try:
     yield
   except CheckpointError:
@@ -269,8 +268,8 @@ def reading(directory, item_dir, what: str = 'checkpoint'):
 def tree_metadata(directory, item_dir, what: str = 'checkpoint'):
   """orbax's metadata tree (names, shapes, dtypes) of a StandardCheckpointer item; reads no
   array."""
-  if not pathlib.Path(item_dir).is_dir():
-    rel = pathlib.Path(item_dir).relative_to(directory).as_posix()
+  if not epath.Path(item_dir).is_dir():
+    rel = epath.Path(item_dir).relative_to(directory).as_posix()
     raise damaged(directory, rel + '/', 'missing', what)
   handler = ocp.StandardCheckpointHandler()
   try:

@@ -10,16 +10,16 @@ The manifest also checksums its own file list, so damage to it is reported as su
 import concurrent.futures
 import hashlib
 import json
-import os
-import pathlib
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from etils import epath
 
 from viar_jax.io import integrity
 
 MANIFEST = 'manifest.json'
 
 
-def _sha256(path: pathlib.Path) -> str:
+def _sha256(path: epath.Path) -> str:
   digest = hashlib.sha256()
   with path.open('rb') as f:
     for block in iter(lambda: f.read(1 << 20), b''):
@@ -30,22 +30,26 @@ def _sha256(path: pathlib.Path) -> str:
 MODEL_FILES = ('config.json', 'params')  # what a model checkpoint's manifest covers
 
 
-def _covered_files(directory: pathlib.Path, covers: Optional[Sequence[str]]) -> List[str]:
+def _files_under(directory: epath.Path) -> List[epath.Path]:
+  # epath has no recursive glob (it would be one request per folder on a bucket anyway).
+  return [root / name for root, _, names in directory.walk() for name in names]
+
+
+def _covered_files(directory: epath.Path, covers: Optional[Sequence[str]]) -> List[str]:
   """The files and folders named in `covers` (None: everything but the manifest itself); other
   files beside them, e.g. a tokenizer's reconstructions.png, are not part of the checkpoint."""
   if covers is None:
-    files = [p for p in directory.rglob('*')
-             if p.is_file() and p.name not in (MANIFEST, MANIFEST + '.tmp')]
+    files = [p for p in _files_under(directory) if p.name not in (MANIFEST, MANIFEST + '.tmp')]
   else:
     files = []
     for name in covers:
       path = directory / name
-      files += [p for p in path.rglob('*') if p.is_file()] if path.is_dir() else (
+      files += _files_under(path) if path.is_dir() else (
           [path] if path.exists() else [])
   return sorted(p.relative_to(directory).as_posix() for p in files)
 
 
-def _hash_files(directory: pathlib.Path, names: List[str]) -> Dict[str, str]:
+def _hash_files(directory: epath.Path, names: List[str]) -> Dict[str, str]:
   # hashlib releases the GIL: large checkpoints hash in parallel.
   with concurrent.futures.ThreadPoolExecutor(min(8, max(1, len(names)))) as pool:
     return dict(zip(names, pool.map(lambda n: _sha256(directory / n), names)))
@@ -55,15 +59,15 @@ def _files_digest(files: Dict[str, str]) -> str:
   return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
-def write_manifest(directory, covers: Optional[Sequence[str]] = MODEL_FILES) -> pathlib.Path:
+def write_manifest(directory, covers: Optional[Sequence[str]] = MODEL_FILES) -> epath.Path:
   """Writes `<directory>/manifest.json`: sha256 of each checkpoint file, and of that list itself (so
   damage to the manifest is told apart from damage to a file)."""
-  directory = pathlib.Path(directory)
+  directory = epath.Path(directory)
   files = _hash_files(directory, _covered_files(directory, covers))
   blob = {'format': 1, 'algorithm': 'sha256', 'files': files, 'files_sha256': _files_digest(files)}
   tmp = directory / (MANIFEST + '.tmp')
   tmp.write_text(json.dumps(blob, indent=1, sort_keys=True))
-  os.replace(tmp, directory / MANIFEST)  # all or nothing
+  tmp.replace(directory / MANIFEST)  # all or nothing (a rename)
   return directory / MANIFEST
 
 
@@ -71,7 +75,7 @@ def verify_manifest(directory, covers: Optional[Sequence[str]] = MODEL_FILES,
                     what: str = 'checkpoint') -> List[Tuple[str, str]]:
   """-> [(file, problem)] against the manifest: changed, missing or unexpected files; [] when all
   agree. A missing or unreadable manifest is a integrity.CheckpointError."""
-  directory = pathlib.Path(directory)
+  directory = epath.Path(directory)
   path = directory / MANIFEST
   if not path.exists():
     raise integrity.damaged(directory, MANIFEST, 'missing (config.json says the checkpoint was '

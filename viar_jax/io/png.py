@@ -1,6 +1,6 @@
 """PNG writing (Pillow) and image grids (uint8 RGB)."""
-import pathlib
 
+from etils import epath
 import numpy as np
 from PIL import Image
 
@@ -25,13 +25,14 @@ def grid(images_NHWC: np.ndarray, cols: int, pad: int = 2, zoom: int = 1) -> np.
   return out
 
 
-def write_png(path, img_HWC: np.ndarray) -> pathlib.Path:
+def write_png(path, img_HWC: np.ndarray) -> epath.Path:
   """Writes an (H, W, 3) or (H, W) uint8 array as a PNG; creates parent directories."""
   img = np.asarray(img_HWC)
   if img.dtype != np.uint8 or img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
     raise ValueError(f'write_png expects uint8 (H, W, 3) or (H, W), got {img.dtype} {img.shape}')
-  path = pathlib.Path(path)
+  path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   # 'RGB' / 'L' are 8-bit truecolor / grayscale PNGs; zlib level 6 as before.
-  Image.fromarray(np.ascontiguousarray(img)).save(path, format='PNG', compress_level=6)
+  with path.open('wb') as f:  # also a bucket URL
+    Image.fromarray(np.ascontiguousarray(img)).save(f, format='PNG', compress_level=6)
   return path

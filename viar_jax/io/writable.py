@@ -4,17 +4,29 @@
 
 A directory that cannot be created or written (a parent that is a file, no permission, a read-only
 or full file system) raises `UnwritableDirectoryError` naming the directory and the OS's reason.
+Paths are `etils.epath` paths: local directories and bucket URLs (gs://..., s3://...) alike.
 """
 import os
-import pathlib
 import uuid
+
+from etils import epath
+
+
+def is_local(path) -> bool:
+  return '://' not in os.fspath(path)
+
+
+def absolute(path) -> epath.Path:
+  """`path` as an epath.Path: a local one with `~` expanded and made absolute, a URL unchanged."""
+  path = epath.Path(path)
+  return path.expanduser().absolute() if is_local(path) else path
 
 
 class UnwritableDirectoryError(OSError):
   """An output directory that cannot be created or written; the message names it."""
 
 
-def ensure_dir(path, what: str = 'output directory') -> pathlib.Path:
+def ensure_dir(path, what: str = 'output directory') -> epath.Path:
   """Creates `path` (and its parents) if missing and proves it writable with a probe file.
 
   Args:
@@ -22,21 +34,22 @@ def ensure_dir(path, what: str = 'output directory') -> pathlib.Path:
     what: how the message names it (e.g. 'workdir', 'sample output directory').
 
   Returns:
-    `path` as a `pathlib.Path` (user home expanded).
+    `absolute(path)`.
 
   Raises:
     UnwritableDirectoryError: creating it or writing in it failed.
   """
-  path = pathlib.Path(path).expanduser()
+  path = absolute(path)
   # The probe is really written and flushed: a full disk can still allow mkdir (no new blocks for an
   # existing directory) but not data. Named per process so several processes can probe one workdir.
   probe = path / f'.write_probe.{os.getpid()}.{uuid.uuid4().hex[:8]}'
   try:
     path.mkdir(parents=True, exist_ok=True)
-    with open(probe, 'wb') as f:
+    with probe.open('wb') as f:
       f.write(b'viar-jax write probe\n')
       f.flush()
-      os.fsync(f.fileno())
+      if is_local(path):
+        os.fsync(f.fileno())
   except OSError as e:
     reason = e.strerror or str(e)
     blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)

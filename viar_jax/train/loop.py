@@ -3,10 +3,16 @@
 checkpoint, metric log, sample grids, and a final plain `model/` checkpoint.
 
     state, metrics = loop.train(config, workdir)              # runs or resumes
-    loop.train(config, workdir, stop_after=100)              # ends early with a checkpoint
+    loop.train(config, workdir, stop=runtime.Stop(after=100))  # ends early with a checkpoint
 
-A run resumes from the latest checkpoint in its workdir; SIGTERM saves and exits. Every config error
-is raised before any compute (check_run_config), and an unwritable workdir right after.
+One process or many (jax.distributed, started by runtime.initialize): every process runs this
+function; the global batch is split over the processes (each reads its rows, so the run sees the
+same batches whatever the process count), the state is sharded over every device, and saves,
+restores, sample grids and the export are collective. Console lines, metrics and PNGs come from
+process 0. A run resumes from the latest checkpoint in its workdir (each process its own data
+position); SIGTERM on any process saves the same step everywhere and exits. Every config error is
+raised before any compute (check_run_config), and an unwritable workdir right after. The workdir
+may be a local directory or a bucket URL (etils.epath).
 
 Faults: the loss, gradient norm and param norm are checked for NaN / inf at every log step and right
 before every save (periodic, final, early stop / SIGTERM): a bad value raises
@@ -15,18 +21,17 @@ checkpoint (the last finite one) stays for a rerun to resume from. Between log s
 fetched from the device, so a fault is reported at the next log / save step. Images the data
 pipeline could not read are skipped, counted and reported at log steps (`data_skipped`).
 """
-import pathlib
-import shutil
-import signal
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from viar_jax import data as data_lib
-from viar_jax import profiling
+from viar_jax import profiling, runtime
 from viar_jax.io import checkpoint, png, run_config, writable
 from viar_jax.models import factory, transformer, vqvae
 from viar_jax.sample import sampler
@@ -42,7 +47,7 @@ def check_run_config(c, num_devices: int, process_count: int):
   if c.optim.batch_size % (data * fsdp) or c.optim.batch_size % process_count:
     raise ValueError(f'global batch {c.optim.batch_size} is not divisible by the mesh size '
                      f'{data * fsdp} and the process count {process_count}')
-  if c.tokenizer.ckpt and not pathlib.Path(c.tokenizer.ckpt, 'config.json').exists():
+  if c.tokenizer.ckpt and not (epath.Path(c.tokenizer.ckpt) / 'config.json').exists():
     raise FileNotFoundError(f'tokenizer checkpoint {c.tokenizer.ckpt} not found (config.json missing)')
   vae_cfg = tokenizer_config(c)
   model_cfg = run_config.transformer_config(c.model, vae_cfg)  # validates the model section
@@ -52,6 +57,8 @@ def check_run_config(c, num_devices: int, process_count: int):
   if c.optim.get('mu_dtype', 'float32') not in ('float32', 'bfloat16'):
     raise ValueError(f"optim.mu_dtype must be 'float32' or 'bfloat16', got {c.optim.mu_dtype!r}")
   progressive_schedule(c, len(vae_cfg.patch_nums))  # validates pg / pg0
+  if c.sample_every:
+    sample_labels(c, model_cfg.num_classes, data * fsdp)  # validates the sample section
   return data, fsdp
 
 
@@ -70,54 +77,87 @@ def progressive_schedule(c, num_scales: int) -> progressive.Schedule:
       ramp_steps=o.steps / 300 if ramp is None else ramp, total_steps=o.steps, num_scales=num_scales)
 
 
-def sample_grid(vae, vae_params, model, params, c, step, workdir):
-  n = model.config.num_classes
-  labels = jnp.repeat(jnp.arange(n, dtype=jnp.int32), c.sample.per_class)
-  options = sampler.SampleOptions(cfg=c.sample.cfg, top_k=c.sample.top_k, top_p=c.sample.top_p)
-  out = sampler.make_sampler(vae, model, options)(vae_params, jax.device_get(params),
-                                                   jax.random.PRNGKey(c.seed), labels)
-  images = png.to_uint8(np.asarray(out.images), (0.0, 1.0))
-  path = png.write_png(pathlib.Path(workdir) / f'samples_{step:06d}.png',
-                       png.grid(images, cols=c.sample.per_class, zoom=max(1, 64 // images.shape[1])))
-  print(f'wrote {path} (one row per class)', flush=True)
-  return path
+def sample_labels(c, num_classes: int, num_devices: int) -> np.ndarray:
+  """The in-training sample grid's labels: config.sample.classes, per_class each, padded (with the
+  last one) to a multiple of the device count; the grid shows the first len(classes)·per_class."""
+  classes = tuple(c.sample.get('classes') or range(min(num_classes, 10)))
+  bad = [k for k in classes if not 0 <= k < num_classes]
+  if bad or c.sample.per_class < 1:
+    raise ValueError(f'config.sample.classes must be class ids in 0..{num_classes - 1} and '
+                     f'per_class >= 1; got classes={classes}, per_class={c.sample.per_class}')
+  labels = np.repeat(np.asarray(classes, np.int32), c.sample.per_class)
+  return np.pad(labels, (0, -len(labels) % num_devices), mode='edge')
 
 
-def export_model(directory: pathlib.Path, params, config):
-  """The final params as a plain checkpoint (launch.sample / launch.evaluate read it); replaces an
-  earlier export only once the new one is complete."""
-  if jax.process_count() > 1:
-    params = multihost_utils.process_allgather(params)  # global arrays; every process takes part
-  params = jax.device_get(params)
-  if jax.process_index() != 0:
-    return
-  staging = directory.with_name(directory.name + '.tmp')
-  shutil.rmtree(staging, ignore_errors=True)
-  checkpoint.save(staging, params, config)
-  shutil.rmtree(directory, ignore_errors=True)
-  staging.rename(directory)
-  print(f'exported the final model to {directory}', flush=True)
+class SampleGrid:
+  """The in-training sample grid: one sampler, compiled once, batch sharded over the mesh, the
+  (FSDP-sharded) params used where they are; every process takes part, process 0 writes the PNG."""
+
+  def __init__(self, c, vae, model, mesh, batch_sharding):
+    self.c, self.shown = c, len(c.sample.get('classes') or range(min(
+        model.config.num_classes, 10))) * c.sample.per_class
+    labels = sample_labels(c, model.config.num_classes, mesh.size)
+    self.labels = jax.make_array_from_callback(labels.shape, batch_sharding, lambda i: labels[i])
+    self.key = jax.device_put(jax.random.PRNGKey(c.seed), NamedSharding(mesh, P()))
+    options = sampler.SampleOptions(cfg=c.sample.cfg, top_k=c.sample.top_k, top_p=c.sample.top_p)
+    self.sample = sampler.make_sampler(vae, model, options)
+
+  def __call__(self, vae_params, params, step: int, workdir):
+    images = self.sample(vae_params, params, self.key, self.labels).images
+    images = multihost_utils.process_allgather(images, tiled=True)[:self.shown]
+    if not runtime.is_primary():
+      return None
+    images = png.to_uint8(np.asarray(images), (0.0, 1.0))
+    path = png.write_png(epath.Path(workdir) / f'samples_{step:06d}.png',
+                         png.grid(images, cols=self.c.sample.per_class,
+                                  zoom=max(1, 64 // images.shape[1])))
+    print(f'wrote {path} (one row per class)', flush=True)
+    return path
 
 
-def train(c, workdir: str, stop_after: int = None):
-  """Runs (or resumes) the config's training in `workdir`; `stop_after` steps ends early with a
-  checkpoint, like a preemption. Returns (final state, last metrics)."""
+def export_model(directory, params, config):
+  """The final params as a plain checkpoint (launch.sample / launch.evaluate read it), written by
+  every process through the checkpoint library (no gather to one host); replaces an earlier export
+  only once the new one is complete."""
+  directory = epath.Path(directory)
+  staging = directory.parent / (directory.name + '.tmp')
+  if runtime.is_primary() and staging.exists():
+    staging.rmtree()
+  runtime.sync('export: staging cleared')
+  checkpoint.save(staging, params, config)  # collective; ends with a barrier
+  if runtime.is_primary():
+    if directory.exists():
+      directory.rmtree()
+    staging.rename(directory)
+    print(f'exported the final model to {directory}', flush=True)
+  runtime.sync('export: in place')
+
+
+def train(c, workdir, stop: runtime.Stop = None):
+  """Runs (or resumes) the config's training in `workdir` on every process; `stop` (default: on
+  SIGTERM only) ends early with a checkpoint. Returns (final state, last metrics), or
+  (None, None) when it stopped while training the tokenizer."""
+  stop = stop or runtime.Stop()
   process_count, process_index = jax.process_count(), jax.process_index()
   data_axis, fsdp_axis = check_run_config(c, jax.device_count(), process_count)
   workdir = writable.ensure_dir(workdir, 'workdir')  # before hours of compute, not at a save
   source = data_lib.open_source(c.data.name, 'train', c.data.data_dir)  # unknown names fail here
   t_start = time.perf_counter()
+  mesh = sharding.make_mesh(data_axis, fsdp_axis)
+  runtime.say(runtime.summary(mesh))
 
   # Tokenizer: given, or trained here first (digits demo).
   if c.tokenizer.ckpt:
     vae_cfg, vae_params = checkpoint.load(c.tokenizer.ckpt)
   else:
-    vae_cfg, vae_params = tokenizer_loop.train_or_load(c, workdir / 'tokenizer')
+    vae_cfg, vae_params = tokenizer_loop.train_or_load(c, workdir / 'tokenizer', mesh, stop)
+    if vae_params is None:
+      runtime.say(f'stopping early ({stop.reason()}) while training the tokenizer')
+      return None, None
   vae = vqvae.VQVAE(vae_cfg)
   model = transformer.Transformer(run_config.transformer_config(c.model, vae_cfg))
   mcfg = model.config
 
-  mesh = sharding.make_mesh(data_axis, fsdp_axis)
   prog = progressive_schedule(c, len(mcfg.patch_nums))
   lr_kind = f'lin{prog.fraction:g}' if prog.enabled else c.optim.schedule  # as the reference
   peak_lr = optim.peak_lr_from_tblr(c.optim.tblr, c.optim.batch_size)
@@ -144,24 +184,22 @@ def train(c, workdir: str, stop_after: int = None):
       tokens = mcfg.scale_bounds[stage.num_scales - 1][1] if prog.enabled else mcfg.seq_len
       step_flops[stage] = (mfu.model_flops_per_step(mcfg, state_shapes.params, c.optim.batch_size,
                                                     tokens, **expected_iters), report.flops)
-      print(report.line(f'train step{f" ({stage.num_scales} scales)" if prog.enabled else ""}'),
-            flush=True)
+      runtime.say(report.line(f'train step{f" ({stage.num_scales} scales)" if prog.enabled else ""}'))
       compiled_steps[stage] = compiled
     return compiled_steps[stage]
 
   sharded = train_step.sharded_train_step(model, vae, optimizer, mesh, replicate=replicate)
-  create, state_sharding, batch_sharding = sharded.create, sharded.state_sharding, sharded.batch_sharding
   vae_params = jax.device_put(vae_params, sharded.replicated)
-  state_shapes = jax.eval_shape(create, jax.random.PRNGKey(0))
-  print(f'{"VIAR" if mcfg.implicit else "VAR"}: C={mcfg.embed_dim} depth={mcfg.depth} '
-        f'L={mcfg.seq_len}; peak lr {peak_lr:.3g} ({lr_kind}); mesh data={data_axis} '
-        f'fsdp={fsdp_axis} on {jax.device_count()} {jax.default_backend()} devices, '
-        f'{process_count} process(es)')
+  state_shapes = jax.eval_shape(sharded.create, jax.random.PRNGKey(0))
+  runtime.say(f'{"VIAR" if mcfg.implicit else "VAR"}: C={mcfg.embed_dim} depth={mcfg.depth} '
+              f'L={mcfg.seq_len}; peak lr {peak_lr:.3g} ({lr_kind}); global batch '
+              f'{c.optim.batch_size} ({c.optim.batch_size // process_count} per process)')
   if prog.enabled:
-    print(f'progressive training: scales {prog.first_stage + 1} -> {len(mcfg.patch_nums)} over '
-          f'the first {prog.fraction:g} of the steps, newest-scale ramp {prog.ramp_steps:g} steps')
-  print(sharding.describe(state_shapes.params, sharding.tree_specs(
-      state_shapes.params, mesh, replicate=replicate), mesh), flush=True)
+    runtime.say(f'progressive training: scales {prog.first_stage + 1} -> {len(mcfg.patch_nums)} '
+                f'over the first {prog.fraction:g} of the steps, newest-scale ramp '
+                f'{prog.ramp_steps:g} steps')
+  runtime.say(sharding.describe(state_shapes.params, sharding.tree_specs(
+      state_shapes.params, mesh, replicate=replicate), mesh))
 
   loader = data_lib.make_loader(
       source, image_size=vae_cfg.image_size, global_batch_size=c.optim.batch_size, seed=c.seed,
@@ -169,19 +207,15 @@ def train(c, workdir: str, stop_after: int = None):
   data_iter = iter(loader)
 
   ckpt = run_io.RunCheckpointer(workdir, keep=c.ckpt_keep, keep_period=c.ckpt_keep_period)
-  state = create(jax.random.PRNGKey(c.seed))
+  state = sharded.create(jax.random.PRNGKey(c.seed))
   start = ckpt.latest_step()
   if start is not None:
-    restored = ckpt.restore(start, state)
-    state = jax.device_put(restored['state'], state_sharding)
-    if restored['data'].get('grain'):
-      data_lib.restore_loader(data_iter, restored['data']['grain'].encode())
-    print(f'resumed from step {start}', flush=True)
+    state = ckpt.restore(start, state, data_iter)['state']
+    runtime.say(f'resumed from step {start}')
   start = start or 0
   compiled_step(prog.stage(start))  # compile (and print memory) before the first batch
+  grid = SampleGrid(c, vae, model, mesh, sharded.batch_sharding) if c.sample_every else None
 
-  stop = {'now': False}
-  signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
   log = run_io.MetricLog(workdir, c.optim.steps, c.optim.batch_size)
   meta = {'config': c.to_dict()}
   metrics, done = None, start
@@ -195,17 +229,18 @@ def train(c, workdir: str, stop_after: int = None):
     return (f'The latest checkpoint, step {latest} in {ckpt.directory}, is the last finite state; '
             'rerunning resumes from it (lower the learning rate or check the data if it recurs).')
 
+  stopping = False
   try:
     for step in range(start, c.optim.steps):
       batch = next(data_iter)
-      images = jax.make_array_from_process_local_data(batch_sharding, np.asarray(batch['image']))
-      labels = jax.make_array_from_process_local_data(batch_sharding,
+      images = jax.make_array_from_process_local_data(sharded.batch_sharding,
+                                                      np.asarray(batch['image']))
+      labels = jax.make_array_from_process_local_data(sharded.batch_sharding,
                                                       np.asarray(batch['label'], np.int32))
       stage = prog.stage(step)
       state, metrics = compiled_step(stage)(state, vae_params, images, labels)
       done = step + 1
-      if stop_after is not None and done - start >= stop_after:
-        stop['now'] = True
+      stopping = stop.step_done() and done < c.optim.steps
       if done % c.log_every == 0 or done == c.optim.steps:
         run_io.check_finite(done, metrics, kept=last_finite)
         if prog.enabled:
@@ -214,15 +249,13 @@ def train(c, workdir: str, stop_after: int = None):
         model_flops, compiler_flops = step_flops[stage]
         log.write(done, skips.add_to(metrics), model_flops=model_flops,
                   compiler_flops=compiler_flops)
-      if done % c.ckpt_every == 0 or done == c.optim.steps or stop['now']:
+      if done % c.ckpt_every == 0 or done == c.optim.steps or stopping:
         run_io.check_finite(done, metrics, kept=last_finite)  # never save a NaN / inf state
-        ckpt.save(done, state, {'grain': data_lib.loader_state(data_iter).decode()}, meta,
-                  force=True)
-      if c.sample_every and (done % c.sample_every == 0 or done == c.optim.steps) and \
-          process_index == 0:
-        sample_grid(vae, vae_params, model, state.params, c, done, workdir)
-      if stop['now']:
-        print(f'stopping early: saved step {done}', flush=True)
+        ckpt.save(done, state, data_iter, meta, force=True)
+      if grid and (done % c.sample_every == 0 or done == c.optim.steps):
+        grid(vae_params, state.params, done, workdir)
+      if stopping:
+        runtime.say(f'stopping early ({stop.reason()}): saved step {done}')
         break
   finally:
     # Also on an error: finish the saves in flight (finite states) so they stay the latest good one.
@@ -231,5 +264,5 @@ def train(c, workdir: str, stop_after: int = None):
   skips.summary()
   if done == c.optim.steps:
     export_model(workdir / 'model', state.params, mcfg)
-  print(f'done in {time.perf_counter() - t_start:.0f}s; workdir {workdir}', flush=True)
+  runtime.say(f'done in {time.perf_counter() - t_start:.0f}s; workdir {workdir}')
   return state, metrics

@@ -1,32 +1,37 @@
 """Training-run I/O: the orbax CheckpointManager for train states, and the metric log.
 
 Checkpoints: `<workdir>/checkpoints/<step>/{state, data, meta}`: the TrainState pytree (params,
-optimizer state, step, rng), the data iterator state (JSON) and the run config (JSON). Async saves,
-keep the last N plus every `keep_period`-th step; `restore_latest` resumes a preempted run.
+optimizer state, step, rng), the data iterators' states (grain's handler: one
+`process_<i>-of-<n>.json` per process, each restored by its own process) and the run config (JSON).
+Async saves, keep the last N plus every `keep_period`-th step. Every process takes part in a save
+and a restore (the state's arrays are sharded over all of them).
 Metrics: one JSON object per line in `<workdir>/<name>_metrics.jsonl`, TensorBoard scalars in
 `<workdir>/tensorboard/<name>/` (tensorboardX: no TensorFlow needed), and a console line with steps/s,
-images/s, ETA.
+images/s, ETA; all written by process 0 only.
+Paths are `etils.epath` paths: local directories or bucket URLs (gs://...) alike.
 """
 import json
 import math
-import pathlib
 import time
 import uuid
 from typing import Any, Callable, Dict, Optional, Union
 
+import grain.checkpoint
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import tensorboardX
+from etils import epath
 
-from viar_jax.io import integrity, manifest
+from viar_jax import runtime
+from viar_jax.io import integrity, manifest, writable
 from viar_jax.train import mfu
 
 
 class RunCheckpointer:
   def __init__(self, workdir, *, keep: int = 3, keep_period: Optional[int] = None,
                async_save: bool = True):
-    self.directory = pathlib.Path(workdir).absolute() / 'checkpoints'
+    self.directory = writable.absolute(workdir) / 'checkpoints'
     # A save killed before orbax's atomic rename leaves `<step>.orbax-checkpoint-tmp`: never read
     # as a step, and removed here on the next start (cleanup_tmp_directories).
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, keep_period=keep_period,
@@ -34,23 +39,26 @@ class RunCheckpointer:
                                            cleanup_tmp_directories=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
-  def save(self, step: int, state, data_state: Optional[Dict] = None, meta: Optional[Dict] = None,
+  def save(self, step: int, state, data_iterator=None, meta: Optional[Dict] = None,
            force: bool = False) -> bool:
+    """Saves (asynchronously) on every process; `data_iterator`: this process's grain iterator."""
     self._write_manifests()  # of the steps finalised since the last save (waits for them)
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                              data=ocp.args.JsonSave(data_state or {}),
-                              meta=ocp.args.JsonSave(meta or {}))
-    return self.manager.save(int(step), args=args, force=force)
+    items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta or {}))
+    if data_iterator is not None:
+      items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
+    return self.manager.save(int(step), args=ocp.args.Composite(**items), force=force)
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
 
-  def restore(self, step: int, state_template) -> Dict[str, Any]:
-    """-> {'state': TrainState like the template, 'data': dict, 'meta': dict}.
+  def restore(self, step: int, state_template, data_iterator=None) -> Dict[str, Any]:
+    """-> {'state': TrainState like the template, 'meta': dict}; moves `data_iterator` (this
+    process's, built as the saved one was) to its saved position.
 
     Verified as model checkpoints are (viar_jax.io.checkpoint): the stored state tree has the
     template's names, shapes and dtypes (read from orbax's metadata before any array), every item
-    reads, and the state is finite.
+    reads, the state is finite, and the step holds this process's data state (it does not when the
+    run was saved with another process count).
 
     Raises:
       integrity.CheckpointError: naming the step directory and the file or parameter; reason
@@ -68,26 +76,44 @@ class RunCheckpointer:
     stored = integrity.tree_metadata(step_dir, step_dir / 'state', what)
     integrity.check_tree(step_dir, abstract, stored, what=what, where='state/',
                           expected_from="this run's config")
-    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore(),
-                              meta=ocp.args.JsonRestore())
+    items = dict(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+    if data_iterator is not None:
+      self._check_data_state(step_dir)
+      items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
     with integrity.reading(step_dir, step_dir, what):
-      restored = self.manager.restore(int(step), args=args)
-    for item in ('data', 'meta'):
-      if not isinstance(restored[item], dict):  # an unreadable JSON item restores as None
-        raise integrity.damaged(step_dir, f'{item}/', 'missing or unreadable', what)
+      restored = dict(self.manager.restore(int(step), args=ocp.args.Composite(**items)))
+    if not isinstance(restored['meta'], dict):  # an unreadable JSON item restores as None
+      raise integrity.damaged(step_dir, 'meta/', 'missing or unreadable', what)
     integrity.check_finite(step_dir, restored['state'], 'state/', what)
     return restored
 
+  @staticmethod
+  def _check_data_state(step_dir):
+    index, count = jax.process_index(), jax.process_count()
+    name = f'process_{index}-of-{count}.json'  # grain.checkpoint.CheckpointHandler's file name
+    if (step_dir / 'data' / name).exists():
+      return
+    saved = sorted(p.name for p in (step_dir / 'data').glob('process_*.json')) \
+        if (step_dir / 'data').is_dir() else []
+    if saved and all(not n.endswith(f'-of-{count}.json') for n in saved):
+      counts = sorted({n.rsplit('-of-', 1)[1][:-len('.json')] for n in saved})
+      raise ValueError(
+          f'training checkpoint {step_dir} was written by {" / ".join(counts)} process(es); this '
+          f'run has {count}. Each process resumes its own data position: resume with the same '
+          'process count (or start a new workdir)')
+    raise integrity.damaged(step_dir, f'data/{name}', 'missing', 'training checkpoint')
+
   def _write_manifests(self):
     """Checksums every finalised step that has none yet (orbax's own files carry no checksum of
-    the array bytes, so a flipped bit would otherwise restore silently)."""
+    the array bytes, so a flipped bit would otherwise restore silently); process 0 writes them,
+    the others wait for that (a restore right after must see them)."""
     self.manager.wait_until_finished()
-    if jax.process_index() != 0:
-      return
-    for step in self.manager.all_steps():
-      step_dir = self.directory / str(step)
-      if step_dir.is_dir() and not (step_dir / manifest.MANIFEST).exists():
-        manifest.write_manifest(step_dir, covers=None)
+    if jax.process_index() == 0:
+      for step in self.manager.all_steps():
+        step_dir = self.directory / str(step)
+        if step_dir.is_dir() and not (step_dir / manifest.MANIFEST).exists():
+          manifest.write_manifest(step_dir, covers=None)
+    runtime.sync('step manifests')
 
   def wait(self):
     self._write_manifests()
@@ -98,14 +124,17 @@ class RunCheckpointer:
 
 
 class MetricLog:
-  """JSONL + TensorBoard metrics and a console line every call with rate and ETA."""
+  """JSONL + TensorBoard metrics and a console line every call with rate and ETA, from process 0
+  (every process may call `write`; the others only compute the returned values)."""
 
   def __init__(self, workdir, total_steps: int, batch_size: int, name: str = 'train'):
-    self.path = pathlib.Path(workdir) / f'{name}_metrics.jsonl'
-    self.path.parent.mkdir(parents=True, exist_ok=True)
+    self.path = epath.Path(workdir) / f'{name}_metrics.jsonl'
     self.total, self.batch, self.name = total_steps, batch_size, name
     self.t0, self.step0 = None, None
-    self.tb = scalar_writer(pathlib.Path(workdir) / 'tensorboard' / name)
+    self.primary = jax.process_index() == 0
+    if self.primary:
+      self.path.parent.mkdir(parents=True, exist_ok=True)
+    self.tb = scalar_writer(epath.Path(workdir) / 'tensorboard' / name) if self.primary else None
 
   def write(self, step: int, metrics: Dict[str, Any], console: bool = True,
             model_flops: Optional[float] = None, compiler_flops: Optional[float] = None
@@ -132,6 +161,8 @@ class MetricLog:
               f' {values["model_tflops_per_s"]:.3g} model TFLOP/s')
     if compiler_flops is not None and steps_per_s > 0:
       values['compiler_tflops_per_s'] = compiler_flops * steps_per_s / 1e12
+    if not self.primary:
+      return values
     with self.path.open('a') as f:
       f.write(json.dumps(values) + '\n')
     for tag, value in values.items():
@@ -145,7 +176,8 @@ class MetricLog:
     return values
 
   def close(self):
-    self.tb.close()
+    if self.tb is not None:
+      self.tb.close()
 
 
 def scalar_writer(logdir, flush_secs: int = 30) -> tensorboardX.SummaryWriter:
@@ -154,7 +186,7 @@ def scalar_writer(logdir, flush_secs: int = 30) -> tensorboardX.SummaryWriter:
   tensorboardX names files by second and host and opens them with 'wb': a resumed run that starts a
   new writer in the same second would truncate the old file, so each writer gets a unique suffix.
   """
-  logdir = pathlib.Path(logdir)
+  logdir = epath.Path(logdir)
   logdir.mkdir(parents=True, exist_ok=True)
   return tensorboardX.SummaryWriter(str(logdir), max_queue=1000, flush_secs=flush_secs,
                                     filename_suffix=f'.{uuid.uuid4().hex[:12]}')

@@ -7,32 +7,41 @@ Losses: reconstruction L1/L2 + VQ/commitment, an optional VQGAN-style patch disc
 `config.data`; writes a viar-jax checkpoint plus `reconstructions.png` (input rows above their
 reconstructions) to the output directory.
 
+Runs as the transformer's training does (viar_jax.train.loop): on every process, data parallel over
+a mesh of all devices (the state replicated, each process reading its rows of the same global
+batches), resumable training checkpoints in `<out_dir>/checkpoints` every `config.ckpt_every` steps
+(each process its own data position), SIGTERM / `stop` saving the same step on every process,
+metrics and console lines from process 0, and the final checkpoint written by every process.
+
 Faults: an unwritable output directory fails before compiling. The loss, gradient norm and param
-norm are checked for NaN / inf at every log step (a tenth of the steps, and the last one, which
-precedes the only save): a bad value raises `run_io.NonFiniteError` naming the step and metric and
-nothing is saved. Skipped unreadable images are counted in the log (`data_skipped`).
+norm are checked for NaN / inf at every log step (a tenth of the steps, and the last one) and before
+every save: a bad value raises `run_io.NonFiniteError` naming the step and metric and that state is
+not saved. Skipped unreadable images are counted in the log (`data_skipped`).
 """
-import pathlib
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from viar_jax import data as data_lib
+from viar_jax import runtime
 from viar_jax.eval import lpips
 from viar_jax.io import checkpoint, png, run_config, writable
 from viar_jax.models import discriminator, vqvae
-from viar_jax.train import optim, run_io, tokenizer_step
+from viar_jax.train import optim, run_io, sharding, tokenizer_step
 
 
-def train_or_load(c, out_dir):
-  """Loads `<out_dir>` if it holds a finished tokenizer, else trains one there. -> (config, params)."""
-  out_dir = pathlib.Path(out_dir)
+def train_or_load(c, out_dir, mesh=None, stop: runtime.Stop = None):
+  """Loads `<out_dir>` if it holds a finished tokenizer, else trains (or resumes) one there.
+  -> (config, params), params None when `stop` ended training early."""
+  out_dir = epath.Path(out_dir)
   if (out_dir / 'config.json').exists():
-    print(f'using the tokenizer in {out_dir}', flush=True)
+    runtime.say(f'using the tokenizer in {out_dir}')
     return checkpoint.load(out_dir)
-  return train(c, out_dir)
+  return train(c, out_dir, mesh, stop)
 
 
 def load_perceptual(t, image_size: int):
@@ -51,12 +60,19 @@ def load_perceptual(t, image_size: int):
   return lpips.load_params(t.get('lpips_vgg', ''), t.lpips_lin)
 
 
-def train(c, out_dir):
-  """Trains `config.tokenizer` on `config.data` into `out_dir`. -> (VQVAEConfig, params)."""
+def train(c, out_dir, mesh=None, stop: runtime.Stop = None):
+  """Trains `config.tokenizer` on `config.data` into `out_dir` (resuming from its checkpoints).
+  -> (VQVAEConfig, params); params None when `stop` (default: SIGTERM) ended training early."""
   cfg = run_config.vqvae_config(c.tokenizer.vqvae)
   t = c.tokenizer
+  if t.batch_size % jax.device_count():
+    raise ValueError(f'config.tokenizer.batch_size={t.batch_size} is not divisible by the '
+                     f'{jax.device_count()} devices')
   lpips_params = load_perceptual(t, cfg.image_size)  # first: a bad setup fails before compiling
   out_dir = writable.ensure_dir(out_dir, 'tokenizer output directory')
+  stop = stop or runtime.Stop()
+  mesh = mesh or sharding.make_mesh(jax.device_count(), 1)
+  replicated, batch_sharding = NamedSharding(mesh, P()), sharding.batch_sharding(mesh)
   perceptual_weight = t.get('perceptual_weight', 0.0)
   vae = vqvae.VQVAE(cfg)
   optimizer = optim.make_tokenizer_optimizer(lr=t.lr, steps=t.steps)
@@ -64,48 +80,68 @@ def train(c, out_dir):
   if use_gan:  # VQGAN-style patch discriminator (tokenizer_step.gan_train_step)
     disc = discriminator.PatchDiscriminator(ndf=t.disc_ndf, n_layers=t.disc_layers)
     disc_optimizer = optim.make_discriminator_optimizer(lr=t.disc_lr)
-    state = jax.jit(lambda k: tokenizer_step.create_gan_state(
-        vae, disc, optimizer, disc_optimizer, k))(jax.random.PRNGKey(c.seed))
-    step_fn = jax.jit(lambda s, x, lp: tokenizer_step.gan_train_step(
+    create = lambda k: tokenizer_step.create_gan_state(vae, disc, optimizer, disc_optimizer, k)
+    step = lambda s, x, lp: tokenizer_step.gan_train_step(
         s, x, vae=vae, disc=disc, vae_optimizer=optimizer, disc_optimizer=disc_optimizer,
         l1_weight=t.l1_weight, l2_weight=t.l2_weight, disc_weight=t.disc_weight,
-        disc_start_step=t.disc_start_step, perceptual_weight=perceptual_weight,
-        lpips_params=lp), donate_argnums=(0,))
+        disc_start_step=t.disc_start_step, perceptual_weight=perceptual_weight, lpips_params=lp)
   else:
-    state = jax.jit(lambda k: tokenizer_step.create_state(vae, optimizer, k))(
-        jax.random.PRNGKey(c.seed))
-    step_fn = jax.jit(lambda s, x, lp: tokenizer_step.train_step(
+    create = lambda k: tokenizer_step.create_state(vae, optimizer, k)
+    step = lambda s, x, lp: tokenizer_step.train_step(
         s, x, vae=vae, optimizer=optimizer, l1_weight=t.l1_weight, l2_weight=t.l2_weight,
-        perceptual_weight=perceptual_weight, lpips_params=lp), donate_argnums=(0,))
+        perceptual_weight=perceptual_weight, lpips_params=lp)
+  # Data parallel: the (small) state replicated, the batch over every device. The LPIPS params
+  # (None when off) are an argument, not a closure: no 60 MB of constants.
+  state = jax.jit(create, out_shardings=replicated)(jax.random.PRNGKey(c.seed))
+  step_fn = jax.jit(step, in_shardings=(replicated, batch_sharding, replicated),
+                    out_shardings=(replicated, replicated), donate_argnums=(0,))
+  lpips_params = jax.device_put(lpips_params, replicated)
   source = data_lib.open_source(c.data.name, 'train', c.data.data_dir)
   loader = data_lib.make_loader(source, image_size=cfg.image_size, global_batch_size=t.batch_size,
                                 seed=c.seed + 1, train=True, hflip=c.data.hflip,
                                 process_index=jax.process_index(),
                                 process_count=jax.process_count())
   it = iter(loader)
+  ckpt = run_io.RunCheckpointer(out_dir, keep=1)
+  start = ckpt.latest_step() or 0
+  if start:
+    state = ckpt.restore(start, state, it)['state']
+    runtime.say(f'tokenizer: resumed from step {start}')
   log = run_io.MetricLog(out_dir, t.steps, t.batch_size, name='tokenizer')
   skips = data_lib.SkipReport(loader.skip_stats, 'tokenizer data')
-  kept = (f'Nothing was saved to {out_dir} (the tokenizer is written once training ends); a rerun '
-          'trains it again (lower config.tokenizer.lr or check the data if it recurs).')
+  kept = (f'The latest tokenizer checkpoint in {ckpt.directory} (if any) is the last finite state; '
+          'a rerun resumes from it (lower config.tokenizer.lr or check the data if it recurs).')
   t0 = time.perf_counter()
   try:
-    for step in range(t.steps):
-      batch = next(it)
-      # The LPIPS params (None when off) are an argument, not a closure: no 60 MB of constants.
-      state, metrics = step_fn(state, jnp.asarray(batch['image']), lpips_params)
-      # The last step is always checked: it is the state saved below.
-      if (step + 1) % max(1, t.steps // 10) == 0 or step + 1 == t.steps:
-        run_io.check_finite(step + 1, metrics, kept=kept)
-        log.write(step + 1, skips.add_to(metrics))
+    for i in range(start, t.steps):
+      images = jax.make_array_from_process_local_data(batch_sharding, np.asarray(next(it)['image']))
+      state, metrics = step_fn(state, images, lpips_params)
+      done = i + 1
+      stopping = stop.step_done() and done < t.steps
+      if done % max(1, t.steps // 10) == 0 or done == t.steps:
+        run_io.check_finite(done, metrics, kept=kept)
+        log.write(done, skips.add_to(metrics))
+      if stopping or (done % c.ckpt_every == 0 and done < t.steps):
+        run_io.check_finite(done, metrics, kept=kept)
+        ckpt.save(done, state, it, force=True)
+      if stopping:
+        runtime.say(f'tokenizer: stopping early ({stop.reason()}): saved step {done}')
+        return cfg, None
   finally:
+    ckpt.close()
     log.close()
   skips.summary()
-  params = jax.device_get(state.vae.params if use_gan else state.params)
-  checkpoint.save(out_dir, params, cfg)
-  images = jnp.asarray(next(it)['image'][:8])
-  rec = vae.apply({'params': params}, images, method=vqvae.VQVAE.reconstruct)
-  grid = png.grid(png.to_uint8(np.concatenate([np.asarray(images), np.asarray(rec)])), cols=8,
-                  zoom=max(1, 64 // cfg.image_size))
-  png.write_png(out_dir / 'reconstructions.png', grid)
-  print(f'tokenizer trained in {time.perf_counter() - t0:.0f}s -> {out_dir}', flush=True)
+  params = state.vae.params if use_gan else state.params
+  checkpoint.save(out_dir, params, cfg)  # every process; the training checkpoints stay for reference
+  if runtime.is_primary():
+    write_reconstructions(vae, jax.device_get(params), next(it)['image'][:8], out_dir)
+  runtime.say(f'tokenizer trained in {time.perf_counter() - t0:.0f}s -> {out_dir}')
   return cfg, params
+
+
+def write_reconstructions(vae, params, images, out_dir):
+  """`reconstructions.png`: input rows above their reconstructions."""
+  rec = vae.apply({'params': params}, jnp.asarray(images), method=vqvae.VQVAE.reconstruct)
+  grid = png.grid(png.to_uint8(np.concatenate([np.asarray(images), np.asarray(rec)])), cols=8,
+                  zoom=max(1, 64 // vae.config.image_size))
+  return png.write_png(out_dir / 'reconstructions.png', grid)
