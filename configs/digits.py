@@ -85,6 +85,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.ckpt_keep_period = ml_collections.config_dict.placeholder(int)
   c.sample_every = 400
   c.sample = ml_collections.ConfigDict()
+  # The in-training grid: one row per class, per_class samples each; one compiled sampler, its batch
+  # sharded over every device (padded to a multiple of the device count).
+  c.sample.classes = tuple(range(10))
   c.sample.per_class = 8
   c.sample.cfg = 1.5
   c.sample.top_k = 0

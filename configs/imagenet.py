@@ -52,5 +52,7 @@ def get_config(preset: str = None) -> ml_collections.ConfigDict:
   c.mesh.fsdp = 8
   c.log_every, c.ckpt_every, c.sample_every = 100, 5000, 10000
   c.ckpt_keep, c.ckpt_keep_period = 3, 50_000
-  c.sample = ml_collections.ConfigDict(dict(per_class=1, cfg=1.5, top_k=900, top_p=0.96))
+  # The in-training grid: 8 fixed classes (VAR's demo set), one sample each, batch over the mesh.
+  c.sample = ml_collections.ConfigDict(dict(classes=(207, 360, 387, 974, 88, 979, 417, 279),
+                                            per_class=1, cfg=1.5, top_k=900, top_p=0.96))
   return c

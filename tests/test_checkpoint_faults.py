@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from viar_jax import data
 from viar_jax.io import checkpoint, integrity, manifest
 from viar_jax.models import factory, transformer, vqvae
 from viar_jax.sample import pair
@@ -49,6 +50,7 @@ def file_types(root: pathlib.Path):
   """{type: one file of it}: hash-named files are one type ('params/d/*'); of several, the largest
   (the one holding array data)."""
   types = {}
+  root = pathlib.Path(root)
   for path in sorted(root.rglob('*'), key=lambda p: -p.stat().st_size if p.is_file() else 0):
     if path.is_file():
       kind = re.sub(r'/[0-9a-f]{32}$', '/*', path.relative_to(root).as_posix())
@@ -144,8 +146,14 @@ def test_damaged_train_state_is_named_or_harmless(tmp_path):
                                 rng=jax.random.key_data(jax.random.PRNGKey(0)))
   src = tmp_path / 'run'
   ckpt = run_io.RunCheckpointer(src)
-  ckpt.save(3, state, {'grain': 'position'}, {'config': {'seed': 0}})
+  records = [{'image': np.full((8, 8, 3), i, np.uint8), 'label': i} for i in range(6)]
+  make_iterator = lambda: iter(data.make_loader(records, image_size=8, global_batch_size=2, seed=0,
+                                                train=True))
+  saved_iterator = make_iterator()
+  next(saved_iterator)
+  ckpt.save(3, state, saved_iterator, {'config': {'seed': 0}})
   ckpt.close()
+  expected_batch = next(saved_iterator)
   reported, types = 0, {}
   for kind, name in file_types(src / 'checkpoints' / '3').items():  # one per type across items
     types.setdefault(name.name if name.name in ('commit_success.txt', 'metadata') else kind, name)
@@ -154,15 +162,16 @@ def test_damaged_train_state_is_named_or_harmless(tmp_path):
       target = copy(src, tmp_path / 'damaged')
       damage(target / 'checkpoints' / '3' / name, fault)
       step_dir = target / 'checkpoints' / '3'
+      iterator = make_iterator()
       try:
-        restored = run_io.RunCheckpointer(target).restore(3, state)
+        restored = run_io.RunCheckpointer(target).restore(3, state, iterator)
       except integrity.CheckpointError as e:
         assert f'training checkpoint {step_dir} is damaged' in str(e), (kind, fault, str(e))
         assert e.where and (e.where.startswith(name.parts[0]) or 'parameter' in e.where), str(e)
         reported += 1
         continue
       assert_same(restored['state'], state)
-      assert restored['data'] == {'grain': 'position'}, (kind, fault)
+      np.testing.assert_array_equal(next(iterator)['image'], expected_batch['image'])
   assert reported >= 20  # _METADATA, _sharding, data / meta JSON, the OCDBT manifest and data
 
 
@@ -294,3 +303,24 @@ def test_sampling_library_path_surfaces_the_error(saved, tmp_path):
   with pytest.raises(integrity.CheckpointError,
                      match=f'checkpoint {model} is damaged: {name.as_posix()}: contents changed'):
     pair.load(saved['tokenizer'][0], model)
+
+
+def test_data_state_of_another_process_count_is_named(tmp_path):
+  """Each process resumes its own rows of the batch stream: a step saved by 2 processes cannot
+  resume on 1 (the state would silently be another process's), and says so."""
+  params = factory.random_params(VAR)
+  opt = optim.make_optimizer(peak_lr=1e-3, total_steps=10, warmup_steps=1)
+  state = train_step.TrainState(step=jnp.int32(1), params=params, opt_state=opt.init(params),
+                                rng=jax.random.key_data(jax.random.PRNGKey(0)))
+  records = [{'image': np.zeros((8, 8, 3), np.uint8), 'label': 0}] * 4
+  make_iterator = lambda: iter(data.make_loader(records, image_size=8, global_batch_size=2, seed=0,
+                                                train=True))
+  ckpt = run_io.RunCheckpointer(tmp_path)
+  ckpt.save(1, state, make_iterator())
+  ckpt.close()
+  data_dir = tmp_path / 'checkpoints' / '1' / 'data'
+  (data_dir / 'process_0-of-1.json').rename(data_dir / 'process_0-of-2.json')
+  (data_dir / 'process_1-of-2.json').write_text('{}')
+  manifest.write_manifest(data_dir.parent, covers=None)
+  with pytest.raises(ValueError, match=r'written by 2 process\(es\); this run has 1'):
+    run_io.RunCheckpointer(tmp_path).restore(1, state, make_iterator())

@@ -115,7 +115,8 @@ def test_out_of_memory_messages_and_the_report_of_a_program_that_does_not_fit():
 def test_largest_batch_doubles_then_bisects(monkeypatch):
   probed = []
 
-  def fake(c, devices, topology):
+  def fake(c, devices, topology, breakdown=True):
+    assert not breakdown  # a probe that does not fit is not compiled twice
     b = c.optim.batch_size // len(devices)
     probed.append(b)
     return {'fits': b <= 5, 'required_bytes': b, 'hbm_bytes_per_device': 5}
@@ -125,7 +126,7 @@ def test_largest_batch_doubles_then_bisects(monkeypatch):
   assert found['per_device_batch'] == 5 and found['report']['fits']
   assert probed == [1, 2, 4, 8, 6, 5]
   monkeypatch.setattr(compile_report, 'train_report',
-                      lambda c, d, t: {'fits': False, 'required_bytes': 9,
+                      lambda c, d, t, breakdown: {'fits': False, 'required_bytes': 9,
                                        'hbm_bytes_per_device': 5})
   assert compile_report.largest_batch(tiny_config(), [None] * 8)['report'] is None
 

@@ -91,6 +91,8 @@ def test_resume_equals_straight_run(tokenizer_dir, tmp_path):
     (lambda c: c.model.update(num_heads=3), ValueError, 'not divisible by num_heads'),
     (lambda c: c.model.update(dtype='float16'), ValueError, 'needs loss scaling'),
     (lambda c: c.optim.update(mu_dtype='int8'), ValueError, 'mu_dtype'),
+    (lambda c: c.update(sample_every=2) or c.sample.update(classes=(3, 10)), ValueError,
+     r'config.sample.classes must be class ids in 0..9'),
 ])
 def test_bad_run_configs_fail_before_compute(tmp_path, change, error, match):
   c = tiny_config(tmp_path)

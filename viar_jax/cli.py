@@ -18,6 +18,7 @@ import sys
 from typing import Callable, NoReturn, Sequence
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 # ValueError covers bad values and configs (checkpoint errors derive from it), OSError missing,
 # unreadable and unwritable files, FloatingPointError a run that stopped on a NaN / inf, ImportError
@@ -25,7 +26,8 @@ from absl import app, flags
 EXPECTED_ERRORS = (ValueError, OSError, FloatingPointError, ImportError, app.UsageError)
 EXIT_USER_ERROR = 2
 
-_VERBOSE = flags.DEFINE_bool('verbose', False, 'on an error, show the full traceback')
+_VERBOSE = flags.DEFINE_bool('verbose', False, 'on an error, show the full traceback; also keep '
+                             "absl INFO log lines (orbax's, ...)")
 
 
 def one_line(error: BaseException) -> str:
@@ -70,6 +72,10 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
 
   def guarded(argv):
     use_compilation_cache()
+    if not _VERBOSE.value:
+      # absl's default shows every INFO line of orbax (~15 per checkpoint save and process);
+      # warnings stay.
+      absl_logging.set_verbosity(absl_logging.WARNING)
     try:
       return main(argv)
     except EXPECTED_ERRORS as e:

@@ -93,14 +93,16 @@ def _flops(compiled) -> Optional[float]:
   return float(costs['flops'])
 
 
-def compile_with_report(jitted, *args, **kwargs) -> Tuple[Any, CompileReport]:
-  """AOT-compiles a jitted function for `args` (arrays or ShapeDtypeStructs), timed.
+def compile_with_report(jitted, *args, compiler_options: Optional[Dict[str, Any]] = None,
+                        **kwargs) -> Tuple[Any, CompileReport]:
+  """AOT-compiles a jitted function for `args` (arrays or ShapeDtypeStructs), timed;
+  `compiler_options` go to `Lowered.compile` (XLA / libtpu flags), the other keywords to `lower`.
 
   Returns:
     (the compiled executable, call it instead of `jitted` to avoid a second compile; its report).
   """
   t0 = time.perf_counter()
-  compiled = jitted.lower(*args, **kwargs).compile()
+  compiled = jitted.lower(*args, **kwargs).compile(compiler_options)
   return compiled, CompileReport.of(compiled, time.perf_counter() - t0)
 
 

@@ -15,7 +15,8 @@ Memory per device is `profiling.CompileReport` (arguments + outputs + temp - ali
 limit is the one the TPU compiler enforces, read from its out-of-memory message for a probe program
 (e.g. 15.75 GiB of a v5e's 16 GiB); where that fails, the chip's nominal HBM (HBM_BYTES, Google
 Cloud TPU docs). A program over the limit does not compile: the report then has fits=False, the
-compiler's message and the bytes it says were required, but no per-part breakdown.
+compiler's message and the bytes it says were required, and its per-part memory from a second
+compile that may exceed HBM (libtpu's xla_tpu_no_crash_on_oom; a program never to be run).
 
 FLOPs: `flops_per_device` is XLA's cost analysis of the partitioned (per-device) program,
 `flops_per_step` that times the device count; VIAR's data-dependent while loops (K no-grad
@@ -33,7 +34,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec, SingleDeviceSharding
+from jax.sharding import SingleDeviceSharding
 
 from viar_jax import profiling
 from viar_jax.io import run_config
@@ -61,6 +62,8 @@ ACCELERATOR_TYPES = {
 MISSING_EXTRA = ("compiling for a TPU topology needs libtpu, the optional extra 'tpu-aot' "
                  "(jax[tpu] at the project's JAX version); install it, preferably in a separate "
                  "venv: python -m venv ~/venv-tpu && ~/venv-tpu/bin/pip install -e '.[tpu-aot]'")
+# libtpu: finish compiling a program over HBM (its memory analysis for a report; never to run).
+NO_CRASH_ON_OOM = {'xla_tpu_no_crash_on_oom': True}
 _TOPOLOGY = re.compile(r'^(?P<gen>[a-z0-9]+):(?P<shape>\d+(?:x\d+){1,2})$')
 _UNITS = {'B': 1, 'K': 2**10, 'M': 2**20, 'G': 2**30, 'T': 2**40}
 
@@ -99,6 +102,9 @@ def topology_devices(name: str) -> List[jax.Device]:
         platform='tpu', topology_name=name, chip_config_name=GENERATIONS[gen],
         chips_per_host_bounds=bounds, num_slices=1).devices)
   except jax.errors.JaxRuntimeError as e:
+    if 'lockfile' in str(e):
+      raise OSError(f'libtpu is in use by another process on this machine ({e}); wait for it, or '
+                    'set ALLOW_MULTIPLE_LIBTPU_LOAD=1 (safe for compile-only use)') from e
     raise ValueError(f'libtpu rejects topology {name!r}: {e}') from e
 
 
@@ -140,14 +146,22 @@ def hbm_limit(device: jax.Device):
                    f'unknown for {device.device_kind!r}')
 
 
-def _compile(jitted, *args):
-  """(CompileReport, None) or, when the program does not fit, (None, the compiler's message)."""
+def _compile(jitted, *args, breakdown: bool = True):
+  """(CompileReport, None), or (CompileReport or None, the compiler's message) for a program that
+  does not fit: with `breakdown`, its memory then comes from a second compile that lets it exceed
+  HBM (libtpu's xla_tpu_no_crash_on_oom)."""
   try:
     return profiling.compile_with_report(jitted, *args)[1], None
   except jax.errors.JaxRuntimeError as e:
     if not _is_oom(e):
       raise
-    return None, str(e)
+    error = str(e)
+  if not breakdown:
+    return None, error
+  try:
+    return profiling.compile_with_report(jitted, *args, compiler_options=NO_CRASH_ON_OOM)[1], error
+  except jax.errors.JaxRuntimeError:
+    return None, error
 
 
 def _prepared(c):
@@ -184,16 +198,20 @@ def _param_count(tree) -> int:
 def _memory(report: Optional[profiling.CompileReport], error: Optional[str], limit, limit_source):
   """The report's memory, HBM and fits fields."""
   out = {'hbm_bytes_per_device': limit, 'hbm_source': limit_source}
-  if report is None:
+  if error is not None:  # the compiler refused it: does not fit
     oom = parse_oom(error)
-    return dict(out, per_device=None, fits=False, required_bytes=oom['required_bytes'],
-                compiler_error=error.strip().splitlines()[0][:2000], compile_s=None)
+    limit = limit or oom['hbm_bytes']
+    out.update(fits=False, compiler_error=error.strip().splitlines()[0][:2000],
+               hbm_bytes_per_device=limit, required_bytes=oom['required_bytes'])
+  if report is None:
+    return dict(out, per_device=None, compile_s=None)
   per_device = {'argument_bytes': report.argument_bytes, 'output_bytes': report.output_bytes,
                 'temp_bytes': report.temp_bytes, 'alias_bytes': report.alias_bytes,
                 'total_bytes': report.total_bytes}
-  fits = None if limit is None or report.total_bytes is None else report.total_bytes <= limit
-  return dict(out, per_device=per_device, fits=fits, required_bytes=report.total_bytes,
-              compiler_error=None, compile_s=report.compile_s)
+  if error is None:
+    fits = None if limit is None or report.total_bytes is None else report.total_bytes <= limit
+    out.update(fits=fits, compiler_error=None, required_bytes=report.total_bytes)
+  return dict(out, per_device=per_device, compile_s=report.compile_s)
 
 
 def _flops(report, num_devices: int):
@@ -212,12 +230,14 @@ def _header(mode: str, topology: str, devices, model_cfg, tokenizer_source: str)
           'tokenizer': tokenizer_source}
 
 
-def train_report(c, devices: Sequence[jax.Device], topology: str = '') -> Dict[str, Any]:
+def train_report(c, devices: Sequence[jax.Device], topology: str = '', breakdown: bool = True
+                 ) -> Dict[str, Any]:
   """Compiles the config's train step for `devices` and reports its per-device memory and FLOPs.
 
   The config is checked first (`loop.check_run_config`: the mesh covers the devices, the global batch
   divides the mesh and the host count, the model section is valid), before any compile. A
-  progressive run is reported at its full-scale stage, its largest.
+  progressive run is reported at its full-scale stage, its largest. `breakdown`: for a program
+  that does not fit, compile it a second time past the HBM limit for its per-part memory.
   """
   devices = list(devices)
   c, tokenizer_source = _prepared(c)
@@ -236,7 +256,7 @@ def train_report(c, devices: Sequence[jax.Device], topology: str = '') -> Dict[s
   args = (state, factory.abstract_params(vae_cfg), factory.image_shape(vae_cfg, batch),
           jax.ShapeDtypeStruct((batch,), jnp.int32))
   limit, limit_source = hbm_limit(devices[0])
-  report, error = _compile(sharded.step, *args)
+  report, error = _compile(sharded.step, *args, breakdown=breakdown)
   iters = (dict(no_grad_iters=np.mean(model_cfg.no_grad_iters_range),
                 with_grad_iters=np.mean(model_cfg.with_grad_iters_range))
            if model_cfg.implicit else {})
@@ -250,8 +270,8 @@ def train_report(c, devices: Sequence[jax.Device], topology: str = '') -> Dict[s
           'model_flops_per_step': mfu.model_flops_per_step(model_cfg, state.params, batch, **iters)}
 
 
-def sample_report(c, devices: Sequence[jax.Device], topology: str = '', batch: int = 64
-                  ) -> Dict[str, Any]:
+def sample_report(c, devices: Sequence[jax.Device], topology: str = '', batch: int = 64,
+                  breakdown: bool = True) -> Dict[str, Any]:
   """Compiles the config's sampler (c.sample's cfg / top-k / top-p) for `batch` images on the first
   device and reports its memory and FLOPs."""
   if batch < 1:
@@ -270,7 +290,7 @@ def sample_report(c, devices: Sequence[jax.Device], topology: str = '', batch: i
           jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=on_device),
           jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=on_device))
   limit, limit_source = hbm_limit(device)
-  report, error = _compile(fn, *args)
+  report, error = _compile(fn, *args, breakdown=breakdown)
   return {**_header('sample', topology, [device], model_cfg, tokenizer_source),
           'mesh': None, 'global_batch': batch, 'per_device_batch': batch,
           'sample': {'cfg': options.cfg, 'top_k': options.top_k, 'top_p': options.top_p},
@@ -287,10 +307,10 @@ def largest_batch(c, devices: Sequence[jax.Device], topology: str = '', mode: st
 
   def probe(per_device):
     if mode == 'sample':
-      return sample_report(c, devices, topology, per_device)
+      return sample_report(c, devices, topology, per_device, breakdown=False)
     trial = copy.deepcopy(c)
     trial.optim.batch_size = per_device * n
-    return train_report(trial, devices, topology)
+    return train_report(trial, devices, topology, breakdown=False)
 
   probes, best, lo, hi = [], None, 0, None  # lo fits (0: none yet), hi does not
   b = start
@@ -342,8 +362,10 @@ def table(report: Dict[str, Any]) -> str:
     rows.append((f'per device: {key[:-6]}', _gib(per.get(key))))
   if report['compiler_error']:
     rows.append(('per device: required', f'{_gib(report["required_bytes"])} (the compiler\'s '
-                                         'out-of-memory message; no breakdown)'))
+                                         'out-of-memory message)'))
     rows.append(('compiler says', report['compiler_error'][:200]))
+    if per:
+      rows.append(('', 'the parts above: compiled once more past the HBM limit'))
   rows += [
       ('HBM per device', f'{_gib(report["hbm_bytes_per_device"])} ({report["hbm_source"]})'),
       ('fits', {True: 'yes', False: 'NO', None: 'n/a'}[report['fits']]),

@@ -20,6 +20,7 @@ import json
 from typing import Any, Tuple
 
 from etils import epath
+import jax
 import orbax.checkpoint as ocp
 
 from viar_jax import runtime
@@ -125,10 +126,14 @@ def load(directory) -> Tuple[Any, Any]:
   integrity.check_tree(directory, template, stored, config_edited=bool(problems))
   if problems:
     raise _manifest_error(directory, problems)
+  # Whole arrays on this process's first device, whatever device layout wrote them (an export
+  # from a sharded multi-process run restores in a plain 1-device process, and on every process).
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), template)
   checkpointer = ocp.StandardCheckpointer()
   try:
     with integrity.reading(directory, directory / 'params'):
-      params = checkpointer.restore(directory / 'params', template)
+      params = checkpointer.restore(directory / 'params', target)
   finally:
     checkpointer.close()
   integrity.check_finite(directory, params)

@@ -96,7 +96,7 @@ def verify_manifest(directory, covers: Optional[Sequence[str]] = MODEL_FILES,
   present = sorted(on_disk & set(files))
   for name, digest in _hash_files(directory, present).items():
     if digest != files[name]:
-      size = (directory / name).stat().st_size
+      size = (directory / name).stat().length
       problems.append((name, f'contents changed since it was saved (sha256 differs; '
                              f'{size} bytes{", empty" if size == 0 else ""})'))
   return problems

@@ -6,7 +6,32 @@ Parameter names follow the reference state dict (`attn.mat_qkv`, `ffn.fc1`, `ada
 KV cache (sampling): `cache = (k_BSHd, v_BSHd, start)` with preallocated buffers; the block writes this
 call's keys/values at [start, start + L) and attends to [0, start + L). `start` is a Python int, so
 every scale is a static slice.
+
+Attention implementation (`TransformerConfig.attn_implementation`, resolved per call at trace time by
+`resolve_attention`):
+  'xla'     jax.nn.dot_product_attention's XLA path; every backend, dtype and call.
+  'cudnn'   cuDNN fused (flash) attention via jax.nn.dot_product_attention; CUDA GPUs, bfloat16 or
+            float16, head dim a multiple of 8 (<= 128 before Hopper, <= 256 from Hopper on). The
+            block-causal mask goes in as a bias; as cuDNN's backward with a bias needs even lengths,
+            a teacher-forced sequence of odd length (a progressive-training prefix) is padded by one
+            token that no real query attends. Used with the KV cache too (queries of one scale
+            against the cache).
+  'splash'  Pallas splash attention (TPU): the block-causal mask of `patch_nums` is a static
+            `NumpyMask`, so fully masked key blocks are skipped. The sequence is padded to a multiple
+            of SPLASH_BLOCK (680 -> 768 at 256px) with padded keys masked out and padded queries
+            attending the real keys (no empty rows), then cut back. Teacher forcing only: the KV-cache
+            calls of the sampler use 'xla'. Pallas kernels are not partitioned by XLA: under a mesh
+            set with `jax.set_mesh`, the kernel runs in `jax.shard_map` over the batch (on every mesh
+            axis); without one, a batch sharded over several devices is gathered for the kernel.
+  'auto'    (default; None means the same) 'cudnn' on a CUDA GPU for bfloat16/float16 with a head dim
+            that is a multiple of 8 and <= 128, 'splash' on TPU, 'xla' otherwise; the KV-cache calls
+            always 'xla'. So on CPU, and for float32 everywhere but the TPU, 'auto' is 'xla'.
+The backend is that of the mesh set with `jax.set_mesh` if any (what a TPU compile from a CPU host
+needs), else of `jax.default_device` if set, else `jax.default_backend()`. With attention dropout
+active (attn_drop_rate > 0 in training) the explicit softmax path is used whatever the setting.
 """
+import contextlib
+import functools
 import math
 from typing import TYPE_CHECKING, Callable, Optional, Tuple
 
@@ -20,6 +45,177 @@ if TYPE_CHECKING:  # blocks only read its fields; the transformer module imports
 
 MAX_SCALE_MUL = float(np.log(np.float32(100.0)))  # the reference clamps the log-scale at ln 100
 Cache = Tuple[jax.Array, jax.Array, int]
+
+ATTN_IMPLEMENTATIONS = ('auto', 'xla', 'cudnn', 'splash')
+HALF_DTYPES = ('bfloat16', 'float16')
+SPLASH_BLOCK = 128  # splash attention's q / kv block; the padded sequence is a multiple of it
+_SPLASH_INTERPRET = [False]  # set by `splash_interpret`
+
+
+@contextlib.contextmanager
+def splash_interpret():
+  """For tests and debugging off TPU: within this context the attention backend reads as 'tpu' and
+  the splash kernel runs in Pallas interpret mode (slow; any backend)."""
+  _SPLASH_INTERPRET.append(True)
+  try:
+    yield
+  finally:
+    _SPLASH_INTERPRET.pop()
+
+
+def attention_backend() -> str:
+  """The platform the attention is compiled for: 'cpu', 'gpu' (CUDA), 'rocm' or 'tpu'. From the mesh
+  set with `jax.set_mesh` if any, else `jax.default_device` if set, else `jax.default_backend()`."""
+  if _SPLASH_INTERPRET[-1]:
+    return 'tpu'
+  mesh = jax.sharding.get_abstract_mesh()
+  default = jax.config.jax_default_device
+  if not mesh.empty:
+    platform = mesh.abstract_device.platform
+  elif default is not None:
+    platform = default if isinstance(default, str) else default.platform
+  else:
+    platform = jax.default_backend()
+  platform = {'cuda': 'gpu'}.get(platform, platform)
+  if platform == 'gpu':
+    try:
+      if 'rocm' in jax.extend.backend.get_backend('gpu').platform_version:
+        return 'rocm'
+    except (RuntimeError, AttributeError):
+      pass
+  return platform
+
+
+def check_attn_implementation(implementation: Optional[str], dtype: str, head_dim: int) -> None:
+  """What a config can check without a backend: the name, and cuDNN's dtype and head dim."""
+  if implementation is not None and implementation not in ATTN_IMPLEMENTATIONS:
+    raise ValueError(f'attn_implementation must be one of {ATTN_IMPLEMENTATIONS} (or None = auto), '
+                     f'got {implementation!r}')
+  if implementation == 'cudnn':
+    if jnp.dtype(dtype).name not in HALF_DTYPES:
+      raise ValueError(f"attn_implementation='cudnn' (cuDNN fused attention) takes bfloat16 or "
+                       f"float16 only, the compute dtype is {jnp.dtype(dtype).name}; use 'auto' or "
+                       f"'xla' for float32")
+    if head_dim % 8 or head_dim > 256:
+      raise ValueError(f"attn_implementation='cudnn' needs a head dim that is a multiple of 8 and "
+                       f"<= 256, got {head_dim}")
+
+
+def resolve_attention(implementation: Optional[str], backend: str, dtype, *,
+                      head_dim: Optional[int] = None, cached: bool = False) -> str:
+  """The implementation one attention call uses: 'xla', 'cudnn' or 'splash' (see the module doc).
+
+  A pure function of its arguments. backend: 'cpu', 'gpu' / 'cuda', 'rocm' or 'tpu'; dtype: the compute
+  dtype; head_dim: checked for cuDNN where given; cached: a KV-cache (sampling) call. An explicit
+  choice the backend cannot run is a ValueError.
+  """
+  name = jnp.dtype(dtype).name
+  backend = {'cuda': 'gpu'}.get(backend, backend)
+  check_attn_implementation(implementation, name, head_dim or 8)
+  if implementation in (None, 'auto'):
+    if cached:
+      return 'xla'
+    if backend == 'gpu' and name in HALF_DTYPES and (head_dim is None or (
+        head_dim % 8 == 0 and head_dim <= 128)):
+      return 'cudnn'
+    return 'splash' if backend == 'tpu' else 'xla'
+  if implementation == 'cudnn' and backend != 'gpu':
+    raise ValueError(f"attn_implementation='cudnn' needs a CUDA GPU backend; the attention backend "
+                     f"is {backend!r}. Use 'auto' or 'xla'")
+  if implementation == 'splash':
+    if backend != 'tpu':
+      raise ValueError(f"attn_implementation='splash' is a TPU (Pallas) kernel; the attention backend "
+                       f"is {backend!r}. Use 'auto' or 'xla' (to compile for a TPU topology from a "
+                       f"CPU host, trace under jax.set_mesh with a mesh of the TPU devices)")
+    return 'xla' if cached else 'splash'
+  return implementation
+
+
+def _round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
+
+
+def padded_attention(q_BLHd, k_BLHd, v_BLHd, mask_LL, scale: float, multiple: int,
+                     implementation: str = 'cudnn'):
+  """Self-attention over a sequence padded to a multiple of `multiple`: padded keys are masked out,
+  padded queries attend every real key (no empty softmax rows) and are cut off. Same values and
+  gradients as the unpadded call. mask_LL: (L, L) bool or None."""
+  l = q_BLHd.shape[1]
+  lp = _round_up(l, multiple)
+  if lp == l:
+    mask = None if mask_LL is None else mask_LL[None, None]
+    return jax.nn.dot_product_attention(q_BLHd, k_BLHd, v_BLHd, mask=mask, scale=scale,
+                                        implementation=implementation)
+  pad = lambda a: jnp.pad(a, ((0, 0), (0, lp - l), (0, 0), (0, 0)))
+  real = jnp.ones((l, l), bool) if mask_LL is None else jnp.broadcast_to(mask_LL, (l, l))
+  mask = jnp.zeros((lp, lp), bool).at[:l, :l].set(real).at[l:, :l].set(True)
+  o = jax.nn.dot_product_attention(pad(q_BLHd), pad(k_BLHd), pad(v_BLHd), mask=mask[None, None],
+                                   scale=scale, implementation=implementation)
+  return o[:, :l]
+
+
+def cudnn_attention(q_BLHd, k_BSHd, v_BSHd, mask, scale: float, cached: bool = False):
+  """cuDNN fused attention. Teacher forcing: mask (L, L), odd L padded by one (see the module doc).
+  KV cache: queries (B, l) against keys (B, S); mask None or broadcastable to (l, S)."""
+  if not cached:
+    return padded_attention(q_BLHd, k_BSHd, v_BSHd, mask, scale, 2, 'cudnn')
+  t, s = q_BLHd.shape[1], k_BSHd.shape[1]
+  mask = None if mask is None else jnp.broadcast_to(mask, (t, s))[None, None]  # cuDNN: a full bias
+  return jax.nn.dot_product_attention(q_BLHd, k_BSHd, v_BSHd, mask=mask, scale=scale,
+                                      implementation='cudnn')
+
+
+def splash_mask(patch_nums, length: int, block: int = SPLASH_BLOCK) -> np.ndarray:
+  """(Lp, Lp) bool, Lp = length rounded up to `block`: the block-causal mask of the scale prefix
+  [0, length) (a scale end), padded keys masked out, padded queries attending every real key."""
+  from viar_jax.models.transformer import block_causal_mask  # pylint: disable=import-outside-toplevel
+  ends = np.cumsum([p * p for p in patch_nums])
+  if length not in ends:
+    raise ValueError(f'splash attention covers scale prefixes: length {length} is not a scale end '
+                     f'{tuple(int(e) for e in ends)}')
+  lp = _round_up(length, block)
+  mask = np.zeros((lp, lp), bool)
+  mask[:length, :length] = block_causal_mask(patch_nums)[:length, :length]
+  mask[length:, :length] = True
+  return mask
+
+
+@functools.lru_cache(maxsize=64)
+def _splash_kernel(patch_nums: Tuple[int, ...], length: int, num_heads: int, block: int,
+                   interpret: bool):
+  # pylint: disable=import-outside-toplevel
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+  head_mask = sm.NumpyMask(splash_mask(patch_nums, length, block))
+  sizes = sk.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
+                        block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block,
+                        block_kv_dq=block)
+  with jax.ensure_compile_time_eval():  # the mask tables are constants, cached across traces
+    return sk.make_splash_mha(sm.MultiHeadMask([head_mask] * num_heads), block_sizes=sizes,
+                              head_shards=1, q_seq_shards=1, interpret=interpret)
+
+
+def splash_attention(q_BLHd, k_BLHd, v_BLHd, patch_nums, scale: float, *,
+                     block: int = SPLASH_BLOCK, interpret: Optional[bool] = None):
+  """Block-causal self-attention of a scale prefix with the splash kernel (see the module doc).
+  interpret: Pallas interpret mode (default: inside `splash_interpret` only)."""
+  b, l, h, _ = q_BLHd.shape
+  lp = _round_up(l, block)
+  interpret = _SPLASH_INTERPRET[-1] if interpret is None else interpret
+  kernel = _splash_kernel(tuple(int(p) for p in patch_nums), l, h, block, bool(interpret))
+
+  def run(q, k, v):
+    if scale != 1.0:
+      q = (q * scale).astype(q.dtype)
+    heads_first = lambda a: jnp.pad(jnp.moveaxis(a, 2, 1), ((0, 0), (0, 0), (0, lp - l), (0, 0)))
+    o = jax.vmap(kernel)(heads_first(q), heads_first(k), heads_first(v))  # (b, H, Lp, d)
+    return jnp.moveaxis(o[:, :, :l], 1, 2).astype(q.dtype)
+
+  mesh = jax.sharding.get_abstract_mesh()
+  if not mesh.empty and mesh.size > 1 and b % mesh.size == 0:
+    spec = jax.sharding.PartitionSpec(tuple(mesh.axis_names))
+    run = jax.shard_map(run, in_specs=(spec,) * 3, out_specs=spec, check_vma=False)
+  return run(q_BLHd, k_BLHd, v_BLHd)
 
 
 def trunc_normal(std: float, factor: float = 1.0) -> Callable:
@@ -68,7 +264,8 @@ class SelfAttention(nn.Module):
   init_std: float = 0.02
   proj_init_factor: float = 1.0
   dtype: jnp.dtype = jnp.float32
-  implementation: Optional[str] = None  # for jax.nn.dot_product_attention: None, 'xla', 'cudnn'
+  implementation: Optional[str] = 'auto'  # ATTN_IMPLEMENTATIONS (None = 'auto'), see the module doc
+  patch_nums: Optional[Tuple[int, ...]] = None  # the scales of the block-causal mask (splash)
 
   @nn.compact
   def __call__(self, x_BLC, mask_LS=None, deterministic: bool = True, cache: Optional[Cache] = None):
@@ -99,16 +296,27 @@ class SelfAttention(nn.Module):
       new_cache = (k_buf, v_buf, start + l)
       k, v = k_buf[:, :start + l].astype(q.dtype), v_buf[:, :start + l].astype(q.dtype)
 
+    impl = resolve_attention(self.implementation, attention_backend(), self.dtype, head_dim=d,
+                             cached=cache is not None)
+    if impl == 'splash' and (mask_LS is None or self.patch_nums is None):
+      impl = 'xla'  # the kernel's mask is the block-causal one of patch_nums
     if self.attn_drop_rate > 0 and not deterministic:
       logits = jnp.einsum('blhd,bshd->bhls', q, k).astype(jnp.float32) * logit_scale
       if mask_LS is not None:
         logits = jnp.where(mask_LS, logits, -jnp.inf)
       probs = nn.Dropout(self.attn_drop_rate)(jax.nn.softmax(logits, -1), deterministic=False)
       o = jnp.einsum('bhls,bshd->blhd', probs.astype(v.dtype), v)
+    elif impl == 'splash':
+      if not isinstance(mask_LS, jax.core.Tracer):  # a concrete mask must be the one splash assumes
+        expected = splash_mask(self.patch_nums, l)[:l, :l]
+        if np.shape(mask_LS) != expected.shape or not np.array_equal(np.asarray(mask_LS), expected):
+          raise ValueError('splash attention takes the block-causal mask of patch_nums only')
+      o = splash_attention(q, k, v, self.patch_nums, logit_scale)
+    elif impl == 'cudnn':
+      o = cudnn_attention(q, k, v, mask_LS, logit_scale, cached=cache is not None)
     else:
       mask = None if mask_LS is None else mask_LS[None, None]
-      o = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=logit_scale,
-                                       implementation=self.implementation)
+      o = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=logit_scale, implementation='xla')
     o = nn.Dense(c, dtype=self.dtype, name='proj',
                  kernel_init=trunc_normal(self.init_std, self.proj_init_factor))(o.reshape(b, l, c))
     o = nn.Dropout(self.proj_drop_rate)(o, deterministic=deterministic or self.proj_drop_rate == 0)
@@ -163,7 +371,8 @@ class AdaLNBlock(nn.Module):
     attn = SelfAttention(num_heads=cfg.num_heads, attn_l2_norm=cfg.attn_l2_norm,
                          attn_drop_rate=cfg.attn_drop_rate, proj_drop_rate=cfg.drop_rate,
                          init_std=cfg.init_std, proj_init_factor=cfg.residual_init_factor,
-                         dtype=dtype, implementation=cfg.attn_implementation, name='attn')
+                         dtype=dtype, implementation=cfg.attn_implementation,
+                         patch_nums=cfg.patch_nums, name='attn')
     h = layer_norm(x_BLC, cfg.norm_eps) * (1 + scale1) + shift1
     out = attn(h, mask_LS, deterministic, cache)
     a, new_cache = out if cache is not None else (out, None)

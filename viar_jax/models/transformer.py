@@ -64,7 +64,9 @@ class TransformerConfig:
   # Rematerialisation of the explicit blocks in training: 'none', 'dots_saveable' (keep matmul
   # outputs, recompute the rest) or 'full' (keep only block inputs). No effect on the numbers.
   remat: str = 'none'
-  attn_implementation: Optional[str] = None  # None (XLA picks), 'xla' or 'cudnn'
+  # Attention kernel: 'auto' (cuDNN on CUDA GPUs in bf16/fp16, Pallas splash on TPU, else XLA;
+  # None means the same), 'xla', 'cudnn' or 'splash'. See viar_jax.models.blocks.
+  attn_implementation: Optional[str] = 'auto'
 
   def __post_init__(self):
     fix = lambda name, value: object.__setattr__(self, name, value)
@@ -92,6 +94,8 @@ class TransformerConfig:
       raise ValueError(f"dtype must be 'float32', 'bfloat16' or 'float16', got {self.dtype!r}")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f'remat must be one of {tuple(REMAT_POLICIES)}, got {self.remat!r}')
+    blocks.check_attn_implementation(self.attn_implementation, self.dtype,
+                                     self.embed_dim // self.num_heads)
     if self.implicit:
       if self.pre_depth < 0 or self.post_depth < 0 or self.pre_depth + self.post_depth > self.depth:
         raise ValueError(f'VIAR needs 0 <= pre_depth, post_depth and pre_depth + post_depth <= depth; '

@@ -22,6 +22,7 @@ fetched from the device, so a fault is reported at the next log / save step. Ima
 pipeline could not read are skipped, counted and reported at log steps (`data_skipped`).
 """
 import time
+from typing import Tuple
 
 import jax
 import jax.numpy as jnp
@@ -77,16 +78,17 @@ def progressive_schedule(c, num_scales: int) -> progressive.Schedule:
       ramp_steps=o.steps / 300 if ramp is None else ramp, total_steps=o.steps, num_scales=num_scales)
 
 
-def sample_labels(c, num_classes: int, num_devices: int) -> np.ndarray:
-  """The in-training sample grid's labels: config.sample.classes, per_class each, padded (with the
-  last one) to a multiple of the device count; the grid shows the first len(classes)·per_class."""
+def sample_labels(c, num_classes: int, num_devices: int) -> Tuple[np.ndarray, int]:
+  """The in-training sample grid's labels: config.sample.classes (default: the first 10),
+  per_class each, padded (with the last one) to a multiple of the device count. -> (labels, how
+  many the grid shows)."""
   classes = tuple(c.sample.get('classes') or range(min(num_classes, 10)))
   bad = [k for k in classes if not 0 <= k < num_classes]
   if bad or c.sample.per_class < 1:
     raise ValueError(f'config.sample.classes must be class ids in 0..{num_classes - 1} and '
                      f'per_class >= 1; got classes={classes}, per_class={c.sample.per_class}')
   labels = np.repeat(np.asarray(classes, np.int32), c.sample.per_class)
-  return np.pad(labels, (0, -len(labels) % num_devices), mode='edge')
+  return np.pad(labels, (0, -len(labels) % num_devices), mode='edge'), len(labels)
 
 
 class SampleGrid:
@@ -94,9 +96,8 @@ class SampleGrid:
   (FSDP-sharded) params used where they are; every process takes part, process 0 writes the PNG."""
 
   def __init__(self, c, vae, model, mesh, batch_sharding):
-    self.c, self.shown = c, len(c.sample.get('classes') or range(min(
-        model.config.num_classes, 10))) * c.sample.per_class
-    labels = sample_labels(c, model.config.num_classes, mesh.size)
+    self.c = c
+    labels, self.shown = sample_labels(c, model.config.num_classes, mesh.size)
     self.labels = jax.make_array_from_callback(labels.shape, batch_sharding, lambda i: labels[i])
     self.key = jax.device_put(jax.random.PRNGKey(c.seed), NamedSharding(mesh, P()))
     options = sampler.SampleOptions(cfg=c.sample.cfg, top_k=c.sample.top_k, top_p=c.sample.top_p)
@@ -189,7 +190,9 @@ def train(c, workdir, stop: runtime.Stop = None):
     return compiled_steps[stage]
 
   sharded = train_step.sharded_train_step(model, vae, optimizer, mesh, replicate=replicate)
-  vae_params = jax.device_put(vae_params, sharded.replicated)
+  # Host copies first: a loaded checkpoint sits on one local device, which another process cannot
+  # read from; every process holds the same values.
+  vae_params = jax.device_put(jax.device_get(vae_params), sharded.replicated)
   state_shapes = jax.eval_shape(sharded.create, jax.random.PRNGKey(0))
   runtime.say(f'{"VIAR" if mcfg.implicit else "VAR"}: C={mcfg.embed_dim} depth={mcfg.depth} '
               f'L={mcfg.seq_len}; peak lr {peak_lr:.3g} ({lr_kind}); global batch '
