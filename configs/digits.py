@@ -20,6 +20,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.name = 'digits'  # 'digits', 'folder' (class subfolders in data_dir), or a TFDS name
   c.data.data_dir = ml_collections.config_dict.placeholder(str)  # default ~/.cache/viar_jax/tfds
   c.data.hflip = False  # digits are not mirror-symmetric
+  # grain: worker processes decoding batches (0: in the training process), reader threads and
+  # records read ahead. Batches reach the device as uint8 and are normalised there.
+  c.data.worker_count = 0
+  c.data.read_threads = 16
+  c.data.prefetch_buffer = 500
 
   c.tokenizer = ml_collections.ConfigDict()
   c.tokenizer.ckpt = ''  # a launch.convert / earlier tokenizer checkpoint; empty = train one

@@ -36,6 +36,7 @@ def get_config(preset: str = None) -> ml_collections.ConfigDict:
   c = digits.get_config()
   c.workdir = f'out/{preset}'
   c.data.name = 'imagenet2012'
+  c.data.worker_count = 8  # JPEG decode + Lanczos resize of 256 px images: keep them off the trainer
   c.tokenizer.ckpt = 'ckpt/vae'
   c.tokenizer.vqvae = dataclasses.asdict(released.tokenizer_config())  # what an empty ckpt trains
   c.model = ml_collections.ConfigDict({k: getattr(model, k) for k in MODEL_KEYS})

@@ -51,7 +51,7 @@ class IndexSource:
 
 def record_ids(batch):
   """(B, R, R, 3) float images of `IndexSource` records -> (B,) record indices."""
-  px = np.round((batch['image'][:, 0, 0] + 1.0) * 127.5).astype(np.int64)
+  px = batch['image'][:, 0, 0].astype(np.int64)
   assert np.all(px[:, 2] == 7)
   return px[:, 0] * 256 + px[:, 1]
 
@@ -128,10 +128,12 @@ def test_digits_loader_shapes_and_seeds(digits_dir):
                                             train=True, hflip=True))
   a, b, c = take(make(0), 3), take(make(0), 3), take(make(1), 3)
   batch = a[0]
-  assert batch['image'].shape == (32, 16, 16, 3) and batch['image'].dtype == np.float32
+  assert batch['image'].shape == (32, 16, 16, 3) and batch['image'].dtype == np.uint8
   assert batch['label'].shape == (32,) and batch['label'].dtype == np.int32
-  assert batch['image'].min() >= -1.0 and batch['image'].max() <= 1.0
-  assert batch['image'].min() == -1.0  # Digit backgrounds are 0 -> -1.
+  assert batch['image'].min() == 0  # Digit backgrounds.
+  model_input = data.to_model_range(batch['image'])  # what the train steps do on the device
+  assert model_input.dtype == np.float32 and model_input.min() == -1.0 and model_input.max() <= 1.0
+  np.testing.assert_array_equal(model_input, batch['image'] / np.float32(127.5) - np.float32(1))
   # Grey digits are repeated to 3 equal channels.
   np.testing.assert_array_equal(batch['image'][..., 0], batch['image'][..., 2])
   assert_same_batches(a, b)
@@ -302,14 +304,15 @@ def pattern(h, w):
 
 
 def to_u8(x):
-  return np.round((x + 1.0) * 127.5).astype(np.uint8)
+  assert x.dtype == np.uint8  # the loader's transforms stay in uint8
+  return x
 
 
 def test_eval_transform_is_centre_crop():
   # Shorter side 18 = round(1.125 * 16): no resize; offsets round((18-16)/2)=1, round((30-16)/2)=7.
   img = pattern(18, 30)
   out = data.reference_eval_transform(img, 16)
-  assert out.shape == (16, 16, 3) and out.dtype == np.float32
+  assert out.shape == (16, 16, 3) and out.dtype == np.uint8
   np.testing.assert_array_equal(to_u8(out), img[1:17, 7:23])
   out = data.reference_eval_transform(pattern(30, 18), 16)
   np.testing.assert_array_equal(to_u8(out), pattern(30, 18)[7:23, 1:17])

@@ -13,6 +13,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 CASES = {
     'bench_jfb_memory': (['--full_scales', '--batch=4'], {'full_scales': True, 'batch': 4}),
     'bench_jfb_time': (['--repeats=5'], {'repeats': 5, 'embed_dim': 256}),
+    'bench_loader': (['--workers=0,2', '--batches=3'], {'workers': ['0', '2'], 'batches': 3}),
     'benchmark': (['--quick', '--patch_nums=1,2', '--noisolate'],
                   {'quick': True, 'patch_nums': ['1', '2'], 'isolate': False, 'out': 'out/benchmark'}),
     'compile_report': (['--config=configs/imagenet.py:var_d30', '--topology=v5p-64', '--mode=sample',

@@ -117,7 +117,7 @@ def test_stop_sigterm_resume_end_and_export_on_two_processes(reference, tmp_path
   workdir = tmp_path / 'run'
   # 1. Stopped inside tokenizer training (step 4 of 6): both processes save step 4 and exit 0.
   log = finish(start(workdir, 2, '--stop_after=4'))
-  assert 'stopping early (--stop_after=4) while training the tokenizer' in log
+  assert 'tokenizer: stopping early (--stop_after=4): saved step 4' in log
   assert sorted(p.name for p in (workdir / 'tokenizer/checkpoints/4/data').iterdir()
                 if p.suffix == '.json') == ['process_0-of-2.json', 'process_1-of-2.json']
   # 2. Resumed: the tokenizer from step 4 (each process its own data position), then the

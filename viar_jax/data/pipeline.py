@@ -1,7 +1,10 @@
 """Grain training / eval input pipeline for any random-access source.
 
   source[k] -> decode + reference transform -> drop unreadable (counted) -> batch B_local
-  -> {'image': (B_local, R, R, 3) float32 in [-1, 1], 'label': (B_local,) int32}
+  -> {'image': (B_local, R, R, 3) uint8, 'label': (B_local,) int32}
+
+Images stay uint8 up to the device (4x fewer bytes than float32); the train steps map them to
+[-1, 1] there (`transforms.to_model_range`).
 
 Record order and per-record randomness come from one global `grain.python.IndexSampler` stream
 (shuffled per epoch; record number i of the stream gets its own
@@ -49,7 +52,7 @@ def _decode_or_mark(record) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class _TrainTransform(grain.RandomMapTransform):
-  """Record -> {'image': (R, R, 3) float32, 'label': int32}, random crop (+ flip); passes skips."""
+  """Record -> {'image': (R, R, 3) uint8, 'label': int32}, random crop (+ flip); passes skips."""
   image_size: int
   hflip: bool = False
   resize_mode: str = 'lanczos'
@@ -67,7 +70,7 @@ class _TrainTransform(grain.RandomMapTransform):
 
 @dataclasses.dataclass(frozen=True)
 class _EvalTransform(grain.MapTransform):
-  """Record -> {'image': (R, R, 3) float32, 'label': int32}, centre crop; passes skips."""
+  """Record -> {'image': (R, R, 3) uint8, 'label': int32}, centre crop; passes skips."""
   image_size: int
   resize_mode: str = 'lanczos'
 
@@ -193,7 +196,7 @@ def make_loader(source, *, image_size: int, global_batch_size: int, seed: int, t
       processes (`SkipStats(shared=True)`) when worker_count > 0.
 
   Returns:
-    A `Loader`; iterating yields {'image': (B_local, R, R, 3) float32 in [-1, 1],
+    A `Loader`; iterating yields {'image': (B_local, R, R, 3) uint8,
     'label': (B_local,) int32} with B_local = global_batch_size // process_count. Iterating raises
     `NoReadableRecordsError` (a ValueError) once twice the source's record count (times
     `worker_count`) were unreadable in a row: a source with no readable image would never yield.
@@ -238,6 +241,22 @@ def make_loader(source, *, image_size: int, global_batch_size: int, seed: int, t
       operations=[transform, _DropSkipped(skip_stats, limit, repr(source)),
                   grain.Batch(batch_size=local_batch_size, drop_remainder=train)])
   return Loader(data_loader, skip_stats, local_batch_size, num_records // process_count)
+
+
+def loader_options(data_config) -> dict:
+  """`make_loader` keyword arguments from a run config's `data` section: `worker_count` (grain
+  worker processes; 0 = decode in the training process), `read_threads` and `prefetch_buffer`
+  (grain's ReadOptions: threads reading records, records read ahead); absent keys keep grain's
+  defaults (16 threads, 500 records)."""
+  defaults = grain.ReadOptions()
+  options = {'worker_count': data_config.get('worker_count', 0),
+             'read_threads': data_config.get('read_threads', defaults.num_threads),
+             'prefetch_buffer': data_config.get('prefetch_buffer', defaults.prefetch_buffer_size)}
+  bad = {k: v for k, v in options.items() if not isinstance(v, int) or v < (1 if k == 'read_threads' else 0)}
+  if bad:
+    raise ValueError(f'config.data: {bad} must be non-negative ints (read_threads at least 1)')
+  return dict(worker_count=options['worker_count'], read_options=grain.ReadOptions(
+      num_threads=options['read_threads'], prefetch_buffer_size=options['prefetch_buffer']))
 
 
 def loader_state(iterator: grain.PyGrainDatasetIterator) -> bytes:

@@ -2,7 +2,9 @@
 
 VAR (`utils/data.py`) trains with
   Resize(round(1.125 * R), LANCZOS) -> RandomCrop(R) -> [RandomHorizontalFlip] -> [0, 1] -> [-1, 1]
-and evaluates with Resize -> CenterCrop(R). The same rule is applied at every size, including
+and evaluates with Resize -> CenterCrop(R). The host side here stops before the last step: it yields
+uint8 pixels (4x fewer bytes to move to the device), and `to_model_range` maps them to [-1, 1] on the
+device, inside the jitted step (x / 127.5 - 1, the same float32 values as the reference's). The same rule is applied at every size, including
 upscaling tiny images (8x8 digits -> R = 16 resizes to 18x18 first).
 """
 import io
@@ -51,11 +53,17 @@ def resize_shorter_side(img_HWC: np.ndarray, size: int, resize_mode: str = 'lanc
   return out[..., None] if c == 1 else out
 
 
-def _to_float_rgb(img_HWC: np.ndarray) -> np.ndarray:
-  """(R, R, 1 or 3) uint8 -> (R, R, 3) float32 in [-1, 1] (uint8 / 127.5 - 1)."""
-  if img_HWC.shape[2] == 1:
-    img_HWC = np.repeat(img_HWC, 3, axis=2)
-  return img_HWC.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+def _to_rgb(img_HWC: np.ndarray) -> np.ndarray:
+  """(R, R, 1 or 3) uint8 -> (R, R, 3) uint8 (grey repeated)."""
+  return np.repeat(img_HWC, 3, axis=2) if img_HWC.shape[2] == 1 else np.ascontiguousarray(img_HWC)
+
+
+def to_model_range(images):
+  """uint8 pixels (NumPy or jax) -> float32 in [-1, 1] (x / 127.5 - 1), as the models take them;
+  float images pass through unchanged (already in range)."""
+  if images.dtype != np.uint8:
+    return images
+  return images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
 
 
 def _mid_size(image_size: int) -> int:
@@ -74,7 +82,7 @@ def reference_train_transform(img_uint8_HWC, image_size: int, rng: np.random.Gen
     resize_mode: 'lanczos' (reference) or 'nearest'.
 
   Returns:
-    (R, R, 3) float32 in [-1, 1].
+    (R, R, 3) uint8 (`to_model_range` makes it the model's float32 in [-1, 1]).
   """
   img = resize_shorter_side(as_uint8_hwc(img_uint8_HWC), _mid_size(image_size), resize_mode)
   h, w = img.shape[:2]
@@ -83,12 +91,12 @@ def reference_train_transform(img_uint8_HWC, image_size: int, rng: np.random.Gen
   img = img[top:top + image_size, left:left + image_size]
   if hflip and rng.random() < 0.5:
     img = img[:, ::-1]
-  return _to_float_rgb(img)
+  return _to_rgb(img)
 
 
 def reference_eval_transform(img_uint8_HWC, image_size: int,
                              resize_mode: str = 'lanczos') -> np.ndarray:
-  """Resize shorter side to round(1.125 R), centre R x R crop -> (R, R, 3) float32 in [-1, 1].
+  """Resize shorter side to round(1.125 R), centre R x R crop -> (R, R, 3) uint8.
 
   The crop offset is int(round((H - R) / 2)) per axis, as in torchvision `CenterCrop`.
   """
@@ -96,4 +104,4 @@ def reference_eval_transform(img_uint8_HWC, image_size: int,
   h, w = img.shape[:2]
   top = int(round((h - image_size) / 2.0))
   left = int(round((w - image_size) / 2.0))
-  return _to_float_rgb(img[top:top + image_size, left:left + image_size])
+  return _to_rgb(img[top:top + image_size, left:left + image_size])

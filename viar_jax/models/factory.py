@@ -28,10 +28,11 @@ def teacher_forcing_shapes(config: transformer.TransformerConfig, batch: int
   return labels, x_BLCv
 
 
-def image_shape(config: vqvae.VQVAEConfig, batch: int) -> jax.ShapeDtypeStruct:
-  """(B, H, W, C) float32 images at the tokenizer's native resolution."""
+def image_shape(config: vqvae.VQVAEConfig, batch: int, dtype=jnp.float32) -> jax.ShapeDtypeStruct:
+  """(B, H, W, C) images at the tokenizer's native resolution: float32 in [-1, 1] as the models take
+  them, or uint8 as the training loader yields them (the train steps convert on the device)."""
   return jax.ShapeDtypeStruct((batch, config.image_size, config.image_size, config.in_channels),
-                              jnp.float32)
+                              dtype)
 
 
 def module_for(config: Config) -> nn.Module:

@@ -143,6 +143,7 @@ def train(c, workdir, stop: runtime.Stop = None):
   data_axis, fsdp_axis = check_run_config(c, jax.device_count(), process_count)
   workdir = writable.ensure_dir(workdir, 'workdir')  # before hours of compute, not at a save
   source = data_lib.open_source(c.data.name, 'train', c.data.data_dir)  # unknown names fail here
+  data_lib.loader_options(c.data)  # bad worker / prefetch values fail here too
   t_start = time.perf_counter()
   mesh = sharding.make_mesh(data_axis, fsdp_axis)
   runtime.say(runtime.summary(mesh))
@@ -152,8 +153,7 @@ def train(c, workdir, stop: runtime.Stop = None):
     vae_cfg, vae_params = checkpoint.load(c.tokenizer.ckpt)
   else:
     vae_cfg, vae_params = tokenizer_loop.train_or_load(c, workdir / 'tokenizer', mesh, stop)
-    if vae_params is None:
-      runtime.say(f'stopping early ({stop.reason()}) while training the tokenizer')
+    if vae_params is None:  # stopped early (tokenizer_loop said so)
       return None, None
   vae = vqvae.VQVAE(vae_cfg)
   model = transformer.Transformer(run_config.transformer_config(c.model, vae_cfg))
@@ -167,7 +167,7 @@ def train(c, workdir, stop: runtime.Stop = None):
       wpe=c.optim.wpe, schedule=lr_kind, twd=c.optim.twd, twde=c.optim.twde,
       clip_norm=c.optim.clip_norm, mu_dtype=jnp.dtype(c.optim.get('mu_dtype', 'float32')))
   replicate = sharding.IMPLICIT_MODULES if c.mesh.replicate_implicit else ()
-  batch_shapes = (factory.image_shape(vae_cfg, c.optim.batch_size),
+  batch_shapes = (factory.image_shape(vae_cfg, c.optim.batch_size, jnp.uint8),  # as loaded
                   jax.ShapeDtypeStruct((c.optim.batch_size,), jnp.int32))
   compiled_steps, step_flops = {}, {}  # per stage: (model FLOPs, compiler FLOPs) of one step
   # VIAR's K and m vary per step; MFU over a logging window uses their means.
@@ -206,7 +206,8 @@ def train(c, workdir, stop: runtime.Stop = None):
 
   loader = data_lib.make_loader(
       source, image_size=vae_cfg.image_size, global_batch_size=c.optim.batch_size, seed=c.seed,
-      train=True, hflip=c.data.hflip, process_index=process_index, process_count=process_count)
+      train=True, hflip=c.data.hflip, process_index=process_index, process_count=process_count,
+      **data_lib.loader_options(c.data))
   data_iter = iter(loader)
 
   ckpt = run_io.RunCheckpointer(workdir, keep=c.ckpt_keep, keep_period=c.ckpt_keep_period)

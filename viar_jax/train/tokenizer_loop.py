@@ -100,7 +100,8 @@ def train(c, out_dir, mesh=None, stop: runtime.Stop = None):
   loader = data_lib.make_loader(source, image_size=cfg.image_size, global_batch_size=t.batch_size,
                                 seed=c.seed + 1, train=True, hflip=c.data.hflip,
                                 process_index=jax.process_index(),
-                                process_count=jax.process_count())
+                                process_count=jax.process_count(),
+                                **data_lib.loader_options(c.data))
   it = iter(loader)
   ckpt = run_io.RunCheckpointer(out_dir, keep=1)
   start = ckpt.latest_step() or 0
@@ -141,6 +142,7 @@ def train(c, out_dir, mesh=None, stop: runtime.Stop = None):
 
 def write_reconstructions(vae, params, images, out_dir):
   """`reconstructions.png`: input rows above their reconstructions."""
+  images = data_lib.to_model_range(np.asarray(images))
   rec = vae.apply({'params': params}, jnp.asarray(images), method=vqvae.VQVAE.reconstruct)
   grid = png.grid(png.to_uint8(np.concatenate([np.asarray(images), np.asarray(rec)])), cols=8,
                   zoom=max(1, 64 // vae.config.image_size))

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from viar_jax.data import transforms
 from viar_jax.eval import lpips
 from viar_jax.models import discriminator, vqvae
 from viar_jax.train.train_step import TrainState
@@ -64,6 +65,7 @@ def train_step(state: TrainState, images_BHWC, *, vae: vqvae.VQVAE,
   Metrics gain 'perceptual' (the unweighted mean LPIPS) only when perceptual_weight > 0.
   """
   check_perceptual(perceptual_weight, lpips_params, images_BHWC.shape)
+  images_BHWC = transforms.to_model_range(images_BHWC)  # uint8 from the loader, or float
 
   def loss_fn(params):
     rec, vq_loss, hits_KV = vae.apply({'params': params}, images_BHWC)
@@ -127,7 +129,7 @@ def gan_train_step(state: GanTrainState, images_BHWC, *, vae: vqvae.VQVAE,
                    lpips_params=None) -> Tuple[GanTrainState, Dict[str, jax.Array]]:
   """One VQ-VAE step and one discriminator step on the same reconstructions.
 
-  images_BHWC: (B, H, W, C) in [-1, 1], H = W = vae.config.image_size.
+  images_BHWC: (B, H, W, C) uint8, or float in [-1, 1]; H = W = vae.config.image_size.
   Generator loss = L_rec + VQ + on · disc_weight · λ · (-mean D(x̂)), with L_rec = l1·L1 + l2·L2
   (+ perceptual_weight · mean LPIPS, see `train_step`), on = (state.vae.step >= disc_start_step) and
   λ the adaptive weight from L_rec and the adversarial term (a constant for the gradient).
@@ -136,6 +138,7 @@ def gan_train_step(state: GanTrainState, images_BHWC, *, vae: vqvae.VQVAE,
   discriminator's params and optimizer state stay as they are. Returns (new state, scalar metrics).
   """
   check_perceptual(perceptual_weight, lpips_params, images_BHWC.shape)
+  images_BHWC = transforms.to_model_range(images_BHWC)
   on = state.vae.step >= disc_start_step
   disc_apply = lambda p, x: disc.apply({'params': p}, x)
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from viar_jax.data import transforms
 from viar_jax.models import factory, transformer, vqvae
 from viar_jax.train import progressive
 
@@ -40,7 +41,9 @@ def create_train_state(model: transformer.Transformer, optimizer: optax.Gradient
 
 
 def tokenize(vae: vqvae.VQVAE, vae_params, images_BHWC):
-  """-> (gt tokens (B, L) int32, teacher-forcing input (B, L - 1, Cvae)), no gradient."""
+  """Images (uint8 pixels, or float32 in [-1, 1]) -> (ground-truth tokens (B, L), teacher-forcing
+  input (B, L - 1, Cvae)), no gradient."""
+  images_BHWC = transforms.to_model_range(images_BHWC)
   variables = {'params': jax.lax.stop_gradient(vae_params)}
   idx, x_BLCv = vae.apply(variables, images_BHWC, method=vqvae.VQVAE.img_to_idx_and_var_input)
   return jnp.concatenate(idx, axis=1), jax.lax.stop_gradient(x_BLCv)
