@@ -60,6 +60,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.aln_gamma_init = 1e-3
   c.model.cond_drop_rate = 0.1
   c.model.dtype = 'float32'
+  c.model.remat = 'none'  # 'dots_saveable' / 'full': recompute the blocks' activations in backward
+  # 'auto': cuDNN fused attention on GPUs in bf16, Pallas splash attention on TPUs, XLA otherwise;
+  # or 'xla' / 'cudnn' / 'splash' (viar_jax.models.blocks.resolve_attention).
+  c.model.attn_implementation = 'auto'
 
   c.optim = ml_collections.ConfigDict()
   c.optim.batch_size = 64  # global

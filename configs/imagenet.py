@@ -24,7 +24,7 @@ from viar_jax.io import released
 # vocab_size and z_channels.
 MODEL_KEYS = ('depth', 'embed_dim', 'num_heads', 'num_classes', 'implicit', 'pre_depth', 'post_depth',
               'shared_aln', 'no_grad_iters_range', 'with_grad_iters_range', 'eval_iters',
-              'aln_gamma_init', 'cond_drop_rate')
+              'aln_gamma_init', 'cond_drop_rate', 'remat', 'attn_implementation')
 
 
 def get_config(preset: str = None) -> ml_collections.ConfigDict:

@@ -10,9 +10,11 @@ iteration stats in `<out>/stats.json` (viar_jax.sample.generate).
 VIAR compute: `--iters n` runs n iterations at every scale, `--iters L,R` ramps linearly from L at the
 first scale to R at the last, `--iters a,b,c,...` (one entry per scale) is explicit;
 `--cache final_iterate` with `--tol` / `--solver anderson` exits early per sample. Editing:
-`--edit image.npy --edit_box y0,y1,x0,x1` (relative units) regenerates the box (`--edit_mode
+`--edit photo.jpg --edit_box y0,y1,x0,x1` (relative units) regenerates the box (`--edit_mode
 inpaint`) or everything but the box (`outpaint`), for the given classes (use the null class,
-num_classes, for pure in/out-painting).
+num_classes, for pure in/out-painting); `--edit_mask mask.png` (white = regenerate, the photo's size)
+replaces the box. PNG / JPEG sources of any size are resized and centre-cropped as the reference
+evaluates; .npy / .npz sources must be at the model's resolution (viar_jax.sample.edit).
 """
 from absl import app, flags
 
@@ -20,8 +22,10 @@ from viar_jax import cli
 from viar_jax.sample import edit, generate, pair, sampling_flags
 
 sampling_flags.define()
-_EDIT = flags.DEFINE_string('edit', None,
-                            'source image for editing: .npy/.npz uint8 (H, W, 3) or float [-1, 1]')
+_EDIT = flags.DEFINE_string('edit', None, 'source image for editing: PNG / JPEG of any size, or '
+                            '.npy/.npz uint8 (R, R, 3) or float [-1, 1]')
+_EDIT_MASK = flags.DEFINE_string('edit_mask', None, 'mask image (the edit image\'s size), white = '
+                                 'regenerate; instead of --edit_box')
 _EDIT_BOX = flags.DEFINE_list('edit_box', ['0.25', '0.75', '0.25', '0.75'],
                               'y0,y1,x0,x1 in relative units')
 _EDIT_MODE = flags.DEFINE_enum('edit_mode', 'inpaint', ['inpaint', 'outpaint'],
@@ -36,9 +40,14 @@ def main(argv):
     raise app.UsageError('--vae_ckpt and --model_ckpt are required (see launch.convert)')
   vae_cfg, cfg = pair.configs(f.vae_ckpt, f.model_ckpt)
   source = None
+  if _EDIT_MASK.value and not _EDIT.value:
+    raise app.UsageError('--edit_mask needs --edit (the image to edit)')
   if _EDIT.value:
-    source = (edit.load_image(_EDIT.value, vae_cfg.image_size),
-              edit.keep_mask(_EDIT_BOX.value, _EDIT_MODE.value, cfg.patch_nums[-1]))
+    image, image_hw = edit.load_image(_EDIT.value, vae_cfg.image_size)
+    n = cfg.patch_nums[-1]
+    mask = (edit.mask_from_image(_EDIT_MASK.value, image_hw, vae_cfg.image_size, n)
+            if _EDIT_MASK.value else edit.keep_mask(_EDIT_BOX.value, _EDIT_MODE.value, n))
+    source = (image, mask)
   options = sampling_flags.options(len(cfg.patch_nums))
   generate.generate(**sampling_flags.generate_args(options), out=_OUT.value, edit=source)
 

@@ -20,6 +20,7 @@ CASES = {
                         '--batch=8'], {'topology': 'v5p-64', 'mode': 'sample', 'batch': 8,
                                        'search_batch': False, 'out': 'out/compile_report'}),
     'convert': (['--src=a.pth', '--dst=ckpt/a', '--model=var_d16'], {'model': 'var_d16'}),
+    'device_check': (['--tiny', '--sizes=16'], {'tiny': True, 'sizes': ['16']}),
     'evaluate': (['--samples=s.npz', '--metrics=digits,adm', '--iters=10,2'],
                  {'metrics': ['digits', 'adm'], 'iters': ['10', '2'], 'out': 'out/evaluate'}),
     'quality_curve': (['--schedules=1 10,2', '--var_dir='], {'schedules': ['1', '10,2'], 'var_dir': ''}),

@@ -3,6 +3,7 @@ import json
 
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 import pytest
 from absl import flags
 
@@ -49,7 +50,7 @@ def test_edit_keep_everything_reproduces_the_source(ckpts, tmp_path):
   vae_dir, model_dir, vae_params = ckpts
   img = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
   np.save(tmp_path / 'src.npy', img)
-  source = edit.load_image(str(tmp_path / 'src.npy'), 16)
+  source, _ = edit.load_image(str(tmp_path / 'src.npy'), 16)
   mask = np.ones((4, 4), np.float32)
   res = generate.generate(vae_dir, model_dir, ['5'], 2, 2, sampler.SampleOptions(iters=(2, 2, 2)),
                             0, tmp_path / 'edit', (source, mask))
@@ -87,3 +88,42 @@ def test_argument_helpers(ckpts):
     edit.keep_mask(['0.5', '1'], 'inpaint', 4)
   with pytest.raises(ValueError, match='viar holds a TransformerConfig, not a tokenizer'):
     generate.generate(model_dir, model_dir, [], 1, 1, sampler.SampleOptions(), 0, 'unused')
+
+
+def test_edit_sources_from_png_and_jpeg_of_any_size(tmp_path):
+  """A 40x24 (W x H) photo: shorter side to round(1.125 R) = 18 with Lanczos, centre 16 x 16 crop,
+  as the reference evaluates; a JPEG goes the same way; bad files are named."""
+  rng = np.random.default_rng(0)
+  photo = rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)
+  Image.fromarray(photo).save(tmp_path / 'photo.png')
+  image, hw = edit.load_image(str(tmp_path / 'photo.png'), 16)
+  assert hw == (24, 40) and image.shape == (16, 16, 3) and image.dtype == np.float32
+  resized = np.asarray(Image.fromarray(photo).resize((30, 18), Image.Resampling.LANCZOS))
+  np.testing.assert_array_equal(image, resized[1:17, 7:23] / np.float32(127.5) - np.float32(1))
+  smooth = np.broadcast_to(np.linspace(0, 255, 40, dtype=np.uint8)[None, :, None], (24, 40, 3))
+  Image.fromarray(np.ascontiguousarray(smooth)).save(tmp_path / 'smooth.png')
+  Image.fromarray(np.ascontiguousarray(smooth)).save(tmp_path / 'smooth.jpg', quality=95)
+  jpeg, _ = edit.load_image(str(tmp_path / 'smooth.jpg'), 16)
+  lossless, _ = edit.load_image(str(tmp_path / 'smooth.png'), 16)
+  assert np.abs(jpeg - lossless).max() < 0.05  # the same picture, up to JPEG loss
+  (tmp_path / 'broken.png').write_bytes(b'not a png')
+  with pytest.raises(ValueError, match='cannot read the edit image .*broken.png'):
+    edit.load_image(str(tmp_path / 'broken.png'), 16)
+  with pytest.raises(ValueError, match='cannot read the edit image .*missing.npy'):
+    edit.load_image(str(tmp_path / 'missing.npy'), 16)
+
+
+def test_edit_mask_image_marks_token_cells(tmp_path):
+  """White = regenerate, given at the photo's size and cropped as the photo: the left half of a
+  32x32 mask regenerates the left two columns of a 4x4 token grid."""
+  Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / 'photo.png')
+  mask = np.zeros((32, 32), np.uint8)
+  mask[:, :16] = 255
+  Image.fromarray(mask).save(tmp_path / 'mask.png')
+  keep = edit.mask_from_image(str(tmp_path / 'mask.png'), (32, 32), 16, 4)
+  np.testing.assert_array_equal(keep, np.tile([0, 0, 1, 1], (4, 1)).astype(np.float32))
+  with pytest.raises(ValueError, match=r'edit mask .* is 32x32 \(W x H\) but the edit image is 40x24'):
+    edit.mask_from_image(str(tmp_path / 'mask.png'), (24, 40), 16, 4)
+  Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / 'black.png')
+  with pytest.raises(ValueError, match='marks no token cell'):
+    edit.mask_from_image(str(tmp_path / 'black.png'), (32, 32), 16, 4)

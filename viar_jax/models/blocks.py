@@ -21,17 +21,18 @@ Attention implementation (`TransformerConfig.attn_implementation`, resolved per 
             of SPLASH_BLOCK (680 -> 768 at 256px) with padded keys masked out and padded queries
             attending the real keys (no empty rows), then cut back. Teacher forcing only: the KV-cache
             calls of the sampler use 'xla'. Pallas kernels are not partitioned by XLA: under a mesh
-            set with `jax.set_mesh`, the kernel runs in `jax.shard_map` over the batch (on every mesh
-            axis); without one, a batch sharded over several devices is gathered for the kernel.
+            of Auto axes set with `jax.set_mesh` (as `sharding.make_mesh` makes) whose size divides
+            the batch, the kernel runs in `jax.shard_map` over the batch (split over every mesh
+            axis); otherwise a batch sharded over several devices is gathered for the kernel.
   'auto'    (default; None means the same) 'cudnn' on a CUDA GPU for bfloat16/float16 with a head dim
-            that is a multiple of 8 and <= 128, 'splash' on TPU, 'xla' otherwise; the KV-cache calls
-            always 'xla'. So on CPU, and for float32 everywhere but the TPU, 'auto' is 'xla'.
+            that is a multiple of 8 and <= 128; 'splash' on TPU where it runs per device (one device,
+            or a mesh it can shard_map over, see above); 'xla' otherwise. The KV-cache calls always
+            'xla'. So on CPU, and for float32 everywhere but the TPU, 'auto' is 'xla'.
 The backend is that of the mesh set with `jax.set_mesh` if any (what a TPU compile from a CPU host
 needs), else of `jax.default_device` if set, else `jax.default_backend()`. With attention dropout
 active (attn_drop_rate > 0 in training) the explicit softmax path is used whatever the setting.
 """
 import contextlib
-import functools
 import math
 from typing import TYPE_CHECKING, Callable, Optional, Tuple
 
@@ -79,9 +80,10 @@ def attention_backend() -> str:
   platform = {'cuda': 'gpu'}.get(platform, platform)
   if platform == 'gpu':
     try:
-      if 'rocm' in jax.extend.backend.get_backend('gpu').platform_version:
+      from jax.extend import backend as jax_backend  # pylint: disable=import-outside-toplevel
+      if 'rocm' in jax_backend.get_backend('gpu').platform_version:
         return 'rocm'
-    except (RuntimeError, AttributeError):
+    except (ImportError, RuntimeError, AttributeError):
       pass
   return platform
 
@@ -102,12 +104,14 @@ def check_attn_implementation(implementation: Optional[str], dtype: str, head_di
 
 
 def resolve_attention(implementation: Optional[str], backend: str, dtype, *,
-                      head_dim: Optional[int] = None, cached: bool = False) -> str:
+                      head_dim: Optional[int] = None, cached: bool = False,
+                      per_device: bool = True) -> str:
   """The implementation one attention call uses: 'xla', 'cudnn' or 'splash' (see the module doc).
 
   A pure function of its arguments. backend: 'cpu', 'gpu' / 'cuda', 'rocm' or 'tpu'; dtype: the compute
-  dtype; head_dim: checked for cuDNN where given; cached: a KV-cache (sampling) call. An explicit
-  choice the backend cannot run is a ValueError.
+  dtype; head_dim: checked for cuDNN where given; cached: a KV-cache (sampling) call; per_device:
+  whether a Pallas kernel would run per device (`splash_runs_per_device`), else 'auto' keeps XLA on
+  TPU. An explicit choice the backend cannot run is a ValueError.
   """
   name = jnp.dtype(dtype).name
   backend = {'cuda': 'gpu'}.get(backend, backend)
@@ -118,7 +122,7 @@ def resolve_attention(implementation: Optional[str], backend: str, dtype, *,
     if backend == 'gpu' and name in HALF_DTYPES and (head_dim is None or (
         head_dim % 8 == 0 and head_dim <= 128)):
       return 'cudnn'
-    return 'splash' if backend == 'tpu' else 'xla'
+    return 'splash' if backend == 'tpu' and per_device else 'xla'
   if implementation == 'cudnn' and backend != 'gpu':
     raise ValueError(f"attn_implementation='cudnn' needs a CUDA GPU backend; the attention backend "
                      f"is {backend!r}. Use 'auto' or 'xla'")
@@ -180,9 +184,11 @@ def splash_mask(patch_nums, length: int, block: int = SPLASH_BLOCK) -> np.ndarra
   return mask
 
 
-@functools.lru_cache(maxsize=64)
 def _splash_kernel(patch_nums: Tuple[int, ...], length: int, num_heads: int, block: int,
                    interpret: bool):
+  """Built per call (tens of ms, in numpy): inside a trace its mask tables become constants of the
+  program. (Built eagerly and cached instead, they would be placed on the context mesh's devices,
+  which fails for the compile-only devices of a TPU topology.)"""
   # pylint: disable=import-outside-toplevel
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
@@ -190,9 +196,26 @@ def _splash_kernel(patch_nums: Tuple[int, ...], length: int, num_heads: int, blo
   sizes = sk.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                         block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block,
                         block_kv_dq=block)
-  with jax.ensure_compile_time_eval():  # the mask tables are constants, cached across traces
-    return sk.make_splash_mha(sm.MultiHeadMask([head_mask] * num_heads), block_sizes=sizes,
-                              head_shards=1, q_seq_shards=1, interpret=interpret)
+  return sk.make_splash_mha(sm.MultiHeadMask([head_mask] * num_heads), block_sizes=sizes,
+                            head_shards=1, q_seq_shards=1, interpret=interpret)
+
+
+def _splash_mesh(batch: int):
+  """The context mesh to shard_map the kernel over (batch split over all its axes), or None."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if not mesh.empty and mesh.size > 1 and mesh.are_all_axes_auto and batch % mesh.size == 0:
+    return mesh
+  return None
+
+
+def splash_runs_per_device(batch: int) -> bool:
+  """Whether the splash kernel of a (batch, ...) call would run per device: under a mesh it can
+  shard_map over, or where there is one device (or in interpret mode), rather than on a gathered
+  batch."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if not mesh.empty:
+    return mesh.size == 1 or _splash_mesh(batch) is not None
+  return _SPLASH_INTERPRET[-1] or jax.device_count() == 1
 
 
 def splash_attention(q_BLHd, k_BLHd, v_BLHd, patch_nums, scale: float, *,
@@ -211,8 +234,8 @@ def splash_attention(q_BLHd, k_BLHd, v_BLHd, patch_nums, scale: float, *,
     o = jax.vmap(kernel)(heads_first(q), heads_first(k), heads_first(v))  # (b, H, Lp, d)
     return jnp.moveaxis(o[:, :, :l], 1, 2).astype(q.dtype)
 
-  mesh = jax.sharding.get_abstract_mesh()
-  if not mesh.empty and mesh.size > 1 and b % mesh.size == 0:
+  mesh = _splash_mesh(b)
+  if mesh is not None:
     spec = jax.sharding.PartitionSpec(tuple(mesh.axis_names))
     run = jax.shard_map(run, in_specs=(spec,) * 3, out_specs=spec, check_vma=False)
   return run(q_BLHd, k_BLHd, v_BLHd)
@@ -297,7 +320,7 @@ class SelfAttention(nn.Module):
       k, v = k_buf[:, :start + l].astype(q.dtype), v_buf[:, :start + l].astype(q.dtype)
 
     impl = resolve_attention(self.implementation, attention_backend(), self.dtype, head_dim=d,
-                             cached=cache is not None)
+                             cached=cache is not None, per_device=splash_runs_per_device(b))
     if impl == 'splash' and (mask_LS is None or self.patch_nums is None):
       impl = 'xla'  # the kernel's mask is the block-causal one of patch_nums
     if self.attn_drop_rate > 0 and not deterministic:

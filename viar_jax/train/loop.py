@@ -180,8 +180,9 @@ def train(c, workdir, stop: runtime.Stop = None):
       step_fn = train_step.sharded_train_step(
           model, vae, optimizer, mesh, replicate=replicate,
           label_smoothing=c.optim.label_smoothing, stage=stage if prog.enabled else None).step
-      compiled, report = profiling.compile_with_report(step_fn, state_shapes, vae_params,
-                                                       *batch_shapes)
+      with jax.set_mesh(mesh):  # attention kernels (e.g. TPU splash) run per device of the mesh
+        compiled, report = profiling.compile_with_report(step_fn, state_shapes, vae_params,
+                                                         *batch_shapes)
       tokens = mcfg.scale_bounds[stage.num_scales - 1][1] if prog.enabled else mcfg.seq_len
       step_flops[stage] = (mfu.model_flops_per_step(mcfg, state_shapes.params, c.optim.batch_size,
                                                     tokens, **expected_iters), report.flops)
