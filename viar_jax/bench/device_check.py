@@ -133,9 +133,7 @@ def train_row(depth: int, tiny: bool) -> Dict:
     if i >= 2:
       times.append(time.perf_counter() - t0)
   seconds = statistics.median(times)
-  flops = mfu.model_flops_per_step(cfg, state_shapes.params, batch,
-                                   no_grad_iters=np.mean(cfg.no_grad_iters_range),
-                                   with_grad_iters=np.mean(cfg.with_grad_iters_range))
+  flops = mfu.model_flops_per_step(cfg, state_shapes.params, batch, **mfu.mean_iters(cfg))
   row = {'kind': 'train', 'depth': settings.depth, 'label': 'VIAR train step', 'attention': 'xla',
          'batch': batch, 'seconds': seconds, 'images_per_s': batch / seconds,
          'memory_bytes': report.total_bytes, 'compile_s': report.compile_s,

@@ -78,6 +78,19 @@ def progressive_schedule(c, num_scales: int) -> progressive.Schedule:
       ramp_steps=o.steps / 300 if ramp is None else ramp, total_steps=o.steps, num_scales=num_scales)
 
 
+def make_optimizer(c, num_scales: int):
+  """The run's AdamW from config.optim -> (optimizer, peak lr, lr schedule kind); progressive
+  training makes the schedule 'lin<pg>', as the reference does."""
+  o, prog = c.optim, progressive_schedule(c, num_scales)
+  lr_kind = f'lin{prog.fraction:g}' if prog.enabled else o.schedule
+  peak_lr = optim.peak_lr_from_tblr(o.tblr, o.batch_size)
+  optimizer = optim.make_optimizer(
+      peak_lr=peak_lr, total_steps=o.steps, warmup_steps=o.warmup_steps, wpe=o.wpe,
+      schedule=lr_kind, twd=o.twd, twde=o.twde, clip_norm=o.clip_norm,
+      mu_dtype=jnp.dtype(o.get('mu_dtype', 'float32')))
+  return optimizer, peak_lr, lr_kind
+
+
 def sample_labels(c, num_classes: int, num_devices: int) -> Tuple[np.ndarray, int]:
   """The in-training sample grid's labels: config.sample.classes (default: the first 10),
   per_class each, padded (with the last one) to a multiple of the device count. -> (labels, how
@@ -160,19 +173,11 @@ def train(c, workdir, stop: runtime.Stop = None):
   mcfg = model.config
 
   prog = progressive_schedule(c, len(mcfg.patch_nums))
-  lr_kind = f'lin{prog.fraction:g}' if prog.enabled else c.optim.schedule  # as the reference
-  peak_lr = optim.peak_lr_from_tblr(c.optim.tblr, c.optim.batch_size)
-  optimizer = optim.make_optimizer(
-      peak_lr=peak_lr, total_steps=c.optim.steps, warmup_steps=c.optim.warmup_steps,
-      wpe=c.optim.wpe, schedule=lr_kind, twd=c.optim.twd, twde=c.optim.twde,
-      clip_norm=c.optim.clip_norm, mu_dtype=jnp.dtype(c.optim.get('mu_dtype', 'float32')))
+  optimizer, peak_lr, lr_kind = make_optimizer(c, len(mcfg.patch_nums))
   replicate = sharding.IMPLICIT_MODULES if c.mesh.replicate_implicit else ()
   batch_shapes = (factory.image_shape(vae_cfg, c.optim.batch_size, jnp.uint8),  # as loaded
                   jax.ShapeDtypeStruct((c.optim.batch_size,), jnp.int32))
   compiled_steps, step_flops = {}, {}  # per stage: (model FLOPs, compiler FLOPs) of one step
-  # VIAR's K and m vary per step; MFU over a logging window uses their means.
-  expected_iters = dict(no_grad_iters=np.mean(mcfg.no_grad_iters_range),
-                        with_grad_iters=np.mean(mcfg.with_grad_iters_range)) if mcfg.implicit else {}
 
   def compiled_step(stage):
     """The AOT-compiled train step of a progressive stage (one stage when not progressive)."""
@@ -184,8 +189,9 @@ def train(c, workdir, stop: runtime.Stop = None):
         compiled, report = profiling.compile_with_report(step_fn, state_shapes, vae_params,
                                                          *batch_shapes)
       tokens = mcfg.scale_bounds[stage.num_scales - 1][1] if prog.enabled else mcfg.seq_len
+      # VIAR's K and m vary per step; MFU over a logging window uses their means.
       step_flops[stage] = (mfu.model_flops_per_step(mcfg, state_shapes.params, c.optim.batch_size,
-                                                    tokens, **expected_iters), report.flops)
+                                                    tokens, **mfu.mean_iters(mcfg)), report.flops)
       runtime.say(report.line(f'train step{f" ({stage.num_scales} scales)" if prog.enabled else ""}'))
       compiled_steps[stage] = compiled
     return compiled_steps[stage]

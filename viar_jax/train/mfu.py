@@ -70,6 +70,15 @@ def model_flops_per_step(config: transformer.TransformerConfig, params, batch: i
   return float(flops)
 
 
+def mean_iters(config: transformer.TransformerConfig) -> dict:
+  """VIAR's K and m are drawn per step: their means over the config's ranges (model_flops_per_step
+  keywords); {} for VAR."""
+  if not config.implicit:
+    return {}
+  return dict(no_grad_iters=float(np.mean(config.no_grad_iters_range)),
+              with_grad_iters=float(np.mean(config.with_grad_iters_range)))
+
+
 def utilisation(model_flops: float, step_seconds: float, devices) -> Optional[float]:
   """MFU in [0, 1]: model FLOPs / (step time · Σ device peaks); None if a device's peak is unknown."""
   peaks = [peak_flops(d.device_kind) for d in devices]
