@@ -7,6 +7,12 @@
 Writes `<out>/grid.png` (one row per class), `<out>/images/<class>_<i>.png`, `<out>/samples.npz`
 (`arr_0`: uint8 (N, H, W, 3) as the ADM evaluator expects, `arr_1`: labels) and per-scale VIAR
 iteration stats in `<out>/stats.json`.
+
+Every device of the process (or `devices`) samples: `batch` is per device, each call takes
+batch · devices images (the last call padded, then trimmed), params replicated, the batch split
+over the devices. Seeds: image j of the run (class-major: all of class 0's per_class images, then
+class 1's, ...) draws from fold_in(PRNGKey(seed), j) (`sampler.image_keys`), so an image does not
+depend on the batch size or the device count.
 """
 import json
 import pathlib
@@ -16,19 +22,22 @@ from typing import Dict, Optional, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from viar_jax.io import png, writable
 from viar_jax.models import vqvae
 from viar_jax.sample import pair, sampler
+from viar_jax.train import sharding
 
 
 def generate(vae_ckpt, model_ckpt, classes: Sequence, per_class: int, batch: int,
              options: sampler.SampleOptions, seed: int, out,
-             edit: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> Dict:
+             edit: Optional[Tuple[np.ndarray, np.ndarray]] = None, devices=None) -> Dict:
   """Samples `per_class` images of every class (all classes if `classes` is empty).
 
-  edit: (source image (H, W, 3) float [-1, 1], keep-mask (n, n) at the finest scale) or None.
+  batch: images per device and call. edit: (source image (H, W, 3) float [-1, 1], keep-mask (n, n)
+  at the finest scale) or None. devices: default every device of this process.
   Returns {'grid': path, 'npz': path, 'stats': dict}.
   """
   out = writable.ensure_dir(out, 'sample output directory')  # before loading and sampling
@@ -39,19 +48,27 @@ def generate(vae_ckpt, model_ckpt, classes: Sequence, per_class: int, batch: int
   if bad:
     raise ValueError(f'class ids {bad} outside [0, {cfg.num_classes}]')
   sample = sampler.make_sampler(vae, model, options)
+  devices = list(devices or jax.local_devices())
+  mesh = sharding.make_mesh(len(devices), 1, devices=devices)
+  rows, whole = sharding.batch_sharding(mesh), NamedSharding(mesh, P())
+  per_call = batch * mesh.size
+  vae_params, params = jax.device_put((vae_params, params), whole)
   labels = np.repeat(np.asarray(classes, np.int32), per_class)
   edit_args = None
   if edit is not None:
     img, mask = edit
     source = vae.apply({'params': vae_params}, jnp.asarray(img)[None], method=vqvae.VQVAE.img_to_idx)
-    edit_args = ([jnp.repeat(t, batch, axis=0) for t in source],
-                 jnp.repeat(jnp.asarray(mask)[None], batch, axis=0))
+    edit_args = jax.device_put(([jnp.repeat(t, per_call, axis=0) for t in source],
+                                jnp.repeat(jnp.asarray(mask)[None], per_call, axis=0)), rows)
 
   images, iters, t0 = [], [], time.perf_counter()
-  for i in tqdm(range(0, len(labels), batch), desc='sampling', unit='batch'):
-    chunk = labels[i:i + batch]
-    padded = np.pad(chunk, (0, batch - len(chunk)), mode='edge')  # one compiled shape for all
-    args = (vae_params, params, jax.random.fold_in(jax.random.PRNGKey(seed), i), jnp.asarray(padded))
+  for i in tqdm(range(0, len(labels), per_call), desc=f'sampling ({mesh.size} device(s))',
+                unit='call'):
+    chunk = labels[i:i + per_call]
+    padded = np.pad(chunk, (0, per_call - len(chunk)), mode='edge')  # one compiled shape for all
+    args = (vae_params, params,
+            jax.device_put(sampler.image_keys(seed, np.arange(i, i + per_call)), rows),
+            jax.device_put(padded, rows))
     result = sample(*args, edit_args) if edit_args else sample(*args)
     images.append(png.to_uint8(np.asarray(result.images)[:len(chunk)], (0.0, 1.0)))
     iters.append(np.asarray(result.iterations)[:, :len(chunk)])

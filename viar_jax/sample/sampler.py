@@ -124,6 +124,8 @@ def _warn_if_increasing(iters):
 def make_sampler(vae: vqvae.VQVAE, model: transformer.Transformer, options: SampleOptions = SampleOptions()):
   """-> jitted `sample(vae_params, params, key, labels, edit=None) -> SampleOutput`.
 
+  key: one PRNG key for the batch, or one per image ((B, 2) uint32, e.g. `image_keys`): then each
+    image's draws are its own, the same in any batch and on any number of devices.
   labels: (B,) int32 in [0, num_classes] (num_classes = null class).
   edit: optional `(source_tokens, keep_mask_Bhw)` for in/out-painting and class-conditional editing
     (VAR.md §5): source_tokens is the tokenizer's list of (B, pn²) maps of the source image,
@@ -137,6 +139,12 @@ def make_sampler(vae: vqvae.VQVAE, model: transformer.Transformer, options: Samp
   if c.implicit and options.cache_mode == 'per_iteration':
     _warn_if_increasing(iters)
   return jax.jit(functools.partial(_sample, vae, model, options, iters))
+
+
+def image_keys(seed: int, indices) -> jax.Array:
+  """(B, 2) uint32: image i's key is fold_in(PRNGKey(seed), i), whatever batch it is sampled in."""
+  base = jax.random.PRNGKey(seed)
+  return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(indices, jnp.uint32))
 
 
 def random_labels(key, batch: int, num_classes: int):
@@ -212,13 +220,20 @@ def _sample(vae, model, options, iters, vae_params, params, key, labels, edit=No
     t = options.cfg * k / max(num_scales - 1, 1)
     logits = (1 + t) * logits[:b] - t * logits[b:]
     guided.append(logits)
-    key, key_idx, key_gumbel = jax.random.split(key, 3)
     filtered = filter_logits(logits, options.top_k, options.top_p)
-    idx = jax.random.categorical(key_idx, filtered, axis=-1).astype(jnp.int32)
+    if key.ndim == 2:  # one key per image: its draws do not depend on the batch it is in
+      key, key_idx, key_gumbel = jnp.moveaxis(jax.vmap(lambda k: jax.random.split(k, 3))(key), 1, 0)
+      idx = jax.vmap(lambda k, l: jax.random.categorical(k, l, axis=-1))(key_idx, filtered)
+      draw_gumbel = lambda: jax.vmap(lambda k, l: jax.random.gumbel(k, l.shape))(key_gumbel, filtered)
+    else:
+      key, key_idx, key_gumbel = jax.random.split(key, 3)
+      idx = jax.random.categorical(key_idx, filtered, axis=-1)
+      draw_gumbel = lambda: jax.random.gumbel(key_gumbel, filtered.shape)
+    idx = idx.astype(jnp.int32)
     if options.more_smooth:
       ratio = k / max(num_scales - 1, 1)
       tau = max(0.27 * (1 - ratio * 0.95), 0.005)
-      gumbel = jax.random.gumbel(key_gumbel, filtered.shape)
+      gumbel = draw_gumbel()
       h = jax.nn.softmax((filtered * (1 + ratio) + gumbel) / tau, axis=-1) @ codebook
     else:
       h = codebook[idx]

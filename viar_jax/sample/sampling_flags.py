@@ -22,7 +22,7 @@ def define(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_string('model_ckpt', None, 'VAR / VIAR checkpoint directory (launch.convert)', **fv)
   flags.DEFINE_list('classes', [], 'class ids to sample; empty = all classes', **fv)
   flags.DEFINE_integer('per_class', 4, 'samples per class', **fv)
-  flags.DEFINE_integer('batch', 16, 'samples per device call', **fv)
+  flags.DEFINE_integer('batch', 16, 'images per device and call (every local device samples)', **fv)
   flags.DEFINE_float('cfg', 1.5, 'classifier-free guidance (ramped over scales)', **fv)
   flags.DEFINE_integer('top_k', 900, 'top-k filtering (0 = off)', **fv)
   flags.DEFINE_float('top_p', 0.96, 'top-p filtering (0 = off)', **fv)
