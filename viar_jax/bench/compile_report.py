@@ -33,14 +33,13 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import SingleDeviceSharding
 
 from viar_jax import profiling
 from viar_jax.io import run_config
 from viar_jax.models import factory, transformer, vqvae
 from viar_jax.sample import sampler
-from viar_jax.train import loop, mfu, optim, sharding, train_step
+from viar_jax.train import loop, mfu, sharding, train_step
 
 GIB = 2**30
 # Nominal HBM per JAX device (one chip; v4 and v5p in megacore mode), Google Cloud TPU docs
@@ -179,18 +178,6 @@ def _prepared(c):
   return c, source
 
 
-def make_optimizer(c, num_scales: int):
-  """The optimizer `loop.train` builds from config.optim (same fields, same schedule kind)."""
-  # TODO(lead): fold into loop.py so train and this report share one constructor.
-  o = c.optim
-  prog = loop.progressive_schedule(c, num_scales)
-  return optim.make_optimizer(
-      peak_lr=optim.peak_lr_from_tblr(o.tblr, o.batch_size), total_steps=o.steps,
-      warmup_steps=o.warmup_steps, wpe=o.wpe, schedule=f'lin{prog.fraction:g}' if prog.enabled
-      else o.schedule, twd=o.twd, twde=o.twde, clip_norm=o.clip_norm,
-      mu_dtype=jnp.dtype(o.get('mu_dtype', 'float32')))
-
-
 def _param_count(tree) -> int:
   return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))
 
@@ -226,7 +213,8 @@ def _header(mode: str, topology: str, devices, model_cfg, tokenizer_source: str)
           'device_kind': devices[0].device_kind, 'platform': devices[0].platform,
           'model': {'kind': 'VIAR' if model_cfg.implicit else 'VAR', 'depth': model_cfg.depth,
                     'embed_dim': model_cfg.embed_dim, 'seq_len': model_cfg.seq_len,
-                    'dtype': model_cfg.dtype, 'remat': model_cfg.remat},
+                    'dtype': model_cfg.dtype, 'remat': model_cfg.remat,
+                    'attn_implementation': model_cfg.attn_implementation},
           'tokenizer': tokenizer_source}
 
 
@@ -248,18 +236,16 @@ def train_report(c, devices: Sequence[jax.Device], topology: str = '', breakdown
   vae, model = vqvae.VQVAE(vae_cfg), transformer.Transformer(model_cfg)
   mesh = sharding.make_mesh(data, fsdp, devices=devices)
   replicate = sharding.IMPLICIT_MODULES if c.mesh.replicate_implicit else ()
-  sharded = train_step.sharded_train_step(model, vae, make_optimizer(c, len(model_cfg.patch_nums)),
-                                          mesh, replicate=replicate,
+  optimizer = loop.make_optimizer(c, len(model_cfg.patch_nums))[0]
+  sharded = train_step.sharded_train_step(model, vae, optimizer, mesh, replicate=replicate,
                                           label_smoothing=c.optim.label_smoothing)
   state = jax.eval_shape(sharded.create, jax.random.PRNGKey(0))
   batch = c.optim.batch_size
-  args = (state, factory.abstract_params(vae_cfg), factory.image_shape(vae_cfg, batch),
+  args = (state, factory.abstract_params(vae_cfg), factory.image_shape(vae_cfg, batch, jnp.uint8),
           jax.ShapeDtypeStruct((batch,), jnp.int32))
   limit, limit_source = hbm_limit(devices[0])
-  report, error = _compile(sharded.step, *args, breakdown=breakdown)
-  iters = (dict(no_grad_iters=np.mean(model_cfg.no_grad_iters_range),
-                with_grad_iters=np.mean(model_cfg.with_grad_iters_range))
-           if model_cfg.implicit else {})
+  with jax.set_mesh(mesh):  # as loop.train: attention kernels (TPU splash) per device of the mesh
+    report, error = _compile(sharded.step, *args, breakdown=breakdown)
   return {**_header('train', topology, devices, model_cfg, tokenizer_source),
           'mesh': {'data': data, 'fsdp': fsdp}, 'global_batch': batch,
           'per_device_batch': batch // len(devices),
@@ -267,7 +253,8 @@ def train_report(c, devices: Sequence[jax.Device], topology: str = '', breakdown
           'replicate_implicit': bool(c.mesh.replicate_implicit),
           'params': _param_count(state.params),
           **_memory(report, error, limit, limit_source), **_flops(report, len(devices)),
-          'model_flops_per_step': mfu.model_flops_per_step(model_cfg, state.params, batch, **iters)}
+          'model_flops_per_step': mfu.model_flops_per_step(model_cfg, state.params, batch,
+                                                           **mfu.mean_iters(model_cfg))}
 
 
 def sample_report(c, devices: Sequence[jax.Device], topology: str = '', batch: int = 64,
