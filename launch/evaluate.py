@@ -21,7 +21,7 @@ out/evaluate) and prints a markdown table.
 """
 from absl import app, flags
 
-from viar_jax import cli
+from viar_jax import cli, runtime
 from viar_jax.eval import digits_eval, evaluate
 from viar_jax.sample import pair, sampling_flags
 
@@ -44,6 +44,7 @@ _OUT = flags.DEFINE_string('out', 'out/evaluate', 'output directory (samples too
 def main(argv):
   del argv
   f = flags.FLAGS
+  runtime.initialize()  # several processes: each samples its rows, process 0 scores
   sample_args = None
   if not _SAMPLES.value:
     if not f.vae_ckpt or not f.model_ckpt:
@@ -51,7 +52,7 @@ def main(argv):
     _, cfg = pair.configs(f.vae_ckpt, f.model_ckpt)
     sample_args = sampling_flags.generate_args(sampling_flags.options(len(cfg.patch_nums)))
   evaluator = None
-  if 'digits' in evaluate.check_metric_names(_METRICS.value):
+  if 'digits' in evaluate.check_metric_names(_METRICS.value) and runtime.is_primary():
     evaluator = digits_eval.get_evaluator(_CLASSIFIER_SEED.value, data_dir=_DIGITS_DATA_DIR.value)
   evaluate.run(_OUT.value, _METRICS.value, samples=_SAMPLES.value, sample_args=sample_args,
                digits_evaluator=evaluator, inception_weights=_INCEPTION_WEIGHTS.value,

@@ -18,7 +18,7 @@ evaluates; .npy / .npz sources must be at the model's resolution (viar_jax.sampl
 """
 from absl import app, flags
 
-from viar_jax import cli
+from viar_jax import cli, runtime
 from viar_jax.sample import edit, generate, pair, sampling_flags
 
 sampling_flags.define()
@@ -39,6 +39,7 @@ def main(argv):
   if not f.vae_ckpt or not f.model_ckpt:
     raise app.UsageError('--vae_ckpt and --model_ckpt are required (see launch.convert)')
   vae_cfg, cfg = pair.configs(f.vae_ckpt, f.model_ckpt)
+  runtime.initialize()  # several processes: each samples and writes its rows
   source = None
   if _EDIT_MASK.value and not _EDIT.value:
     raise app.UsageError('--edit_mask needs --edit (the image to edit)')

@@ -66,7 +66,7 @@ def test_real_test_digits_npz_gives_the_classifier_accuracy(digits_evaluator, da
 def test_sampling_path_runs_end_to_end(workdirs, digits_evaluator, tmp_path):
   options = sampler.SampleOptions(top_k=0, top_p=0.0, iters=(2, 1))
   args = dict(vae_ckpt=workdirs['viar'] / 'tokenizer', model_ckpt=workdirs['viar'] / 'model',
-              classes=[], per_class=1, batch=10, options=options, seed=0)
+              classes=[], per_class=1, batch=1, options=options, seed=0)
   report = evaluate.run(tmp_path, ['digits'], sample_args=args, digits_evaluator=digits_evaluator)
   assert (tmp_path / 'metrics.json').exists() and (tmp_path / 'samples.npz').exists()
   assert report['num_images'] == 10 and report['image_shape'] == [8, 8, 3]
@@ -76,6 +76,16 @@ def test_sampling_path_runs_end_to_end(workdirs, digits_evaluator, tmp_path):
   assert digits['class_accuracy'] == digits_evaluator.class_accuracy(images, labels)
   assert digits['digits_fid'] == pytest.approx(digits_evaluator.fid(images), rel=1e-6)
   assert report['source']['options']['iters'] == (2, 1)
+
+  # Killed after its first call (8 devices x 1 image): the last 2 images are sampled again and the
+  # metrics come out the same.
+  shards = sorted((tmp_path / 'shards').glob('*.npz'))
+  assert [p.name for p in shards] == ['00000000-8-p0.npz', '00000008-2-p0.npz']
+  for path in (shards[1], tmp_path / 'samples.npz', tmp_path / 'metrics.json'):
+    path.unlink()
+  resumed = evaluate.run(tmp_path, ['digits'], sample_args=args, digits_evaluator=digits_evaluator)
+  assert resumed['metrics'] == report['metrics']
+  assert json.loads((tmp_path / 'stats.json').read_text())['sampled_now'] == 2
 
 
 def test_adm_metrics_with_a_stand_in_embedder():

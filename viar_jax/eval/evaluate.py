@@ -20,22 +20,25 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from viar_jax import runtime
 from viar_jax.eval import digits_eval, inception, metrics
+from viar_jax.io import npz
 from viar_jax.sample import generate, pair
 
 METRICS = ('digits', 'adm')
 
 
 def load_samples(path, need_labels: bool = True):
-  """-> (images uint8 (N, H, W, 3), labels (N,) int32 or None) from an ADM-style .npz."""
+  """-> (images uint8 (N, H, W, 3), memory-mapped where the file allows; labels (N,) int32 or None)
+  from an ADM-style .npz."""
   path = pathlib.Path(path)
   if not path.exists():
     raise FileNotFoundError(f'samples file not found: {path}')
   with np.load(path) as z:
     if 'arr_0' not in z.files:
       raise ValueError(f'{path} has no arr_0 images (keys: {z.files})')
-    images = z['arr_0']
     labels = z['arr_1'] if 'arr_1' in z.files else None
+  images = npz.images(path)  # memory-mapped: 50k ImageNet samples are 9.8 GB
   if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f'{path}: arr_0 must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}')
   if need_labels and labels is None:
@@ -135,7 +138,8 @@ def run(out, metric_names: Sequence[str], *, samples: Optional[str] = None, samp
   """Reads `samples` or, if None, calls `generate.generate(**sample_args, out=out)` first.
 
   sample_args: vae_ckpt, model_ckpt, classes, per_class, batch, options, seed.
-  Writes `<out>/metrics.json`, prints the table, returns what it wrote.
+  Writes `<out>/metrics.json`, prints the table, returns what it wrote (None on processes other
+  than 0 of a multi-process run, which only sample).
   """
   metric_names = check_metric_names(metric_names)
   if 'adm' in metric_names:  # fail before spending time on sampling
@@ -151,6 +155,8 @@ def run(out, metric_names: Sequence[str], *, samples: Optional[str] = None, samp
     if not sample_args:
       raise ValueError('give a samples .npz or the checkpoints to sample from')
     samples = generate.generate(**sample_args, out=out)['npz']
+    if not runtime.is_primary():  # every process sampled its rows; process 0 scores them
+      return None
     source = {'vae_ckpt': str(sample_args['vae_ckpt']), 'model_ckpt': str(sample_args['model_ckpt']),
               'options': dict(sample_args['options'].__dict__), 'seed': sample_args['seed']}
   else:

@@ -24,8 +24,10 @@ from typing import List, NamedTuple, Optional, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from viar_jax.models import compat, resample, solvers, transformer, vqvae
+from viar_jax.train import sharding
 
 CACHE_MODES = ('per_iteration', 'final_iterate')
 
@@ -121,7 +123,8 @@ def _warn_if_increasing(iters):
                   f'reference behaviour). cache_mode="final_iterate" keeps the context.', stacklevel=3)
 
 
-def make_sampler(vae: vqvae.VQVAE, model: transformer.Transformer, options: SampleOptions = SampleOptions()):
+def make_sampler(vae: vqvae.VQVAE, model: transformer.Transformer, options: SampleOptions = SampleOptions(),
+                 mesh: Optional[Mesh] = None):
   """-> jitted `sample(vae_params, params, key, labels, edit=None) -> SampleOutput`.
 
   key: one PRNG key for the batch, or one per image ((B, 2) uint32, e.g. `image_keys`): then each
@@ -132,13 +135,59 @@ def make_sampler(vae: vqvae.VQVAE, model: transformer.Transformer, options: Samp
     keep_mask_Bhw (B, n, n) float at the finest token grid, 1 = keep the source. At every scale the
     mask is resized bilinearly to pn x pn and thresholded at 0.5 (always all-ones when pn² <= 3); kept
     positions are teacher-forced with the source codes.
+  mesh: split the batch over all the mesh's devices, on any number of processes (the batch must
+    divide by `mesh.size`). Labels, per-image keys and edits may then be host arrays holding the
+    same global values on every process; they are split by rows. Params not yet on the mesh are
+    replicated; params already placed on it (FSDP-sharded in training) stay as they are and XLA
+    gathers each where it is used. Every output is a global array split along the batch (iterations
+    and residuals along their second axis); `process_rows` takes this process's rows.
   """
   c = model.config
   compat.check_pair(vae.config, c)
   iters = iteration_counts(c, options) if c.implicit else None
   if c.implicit and options.cache_mode == 'per_iteration':
     _warn_if_increasing(iters)
-  return jax.jit(functools.partial(_sample, vae, model, options, iters))
+  sample = functools.partial(_sample, vae, model, options, iters)
+  if mesh is None:
+    return jax.jit(sample)
+  rows = sharding.batch_sharding(mesh)
+  columns = NamedSharding(mesh, P(None, *sharding.batch_spec()))
+  out_shardings = SampleOutput(tokens=rows, f_hat=rows, images=rows, guided_logits=rows,
+                               iterations=columns, residuals=columns)
+  return functools.partial(_sample_on_mesh, jax.jit(sample, out_shardings=out_shardings), mesh)
+
+
+def _sample_on_mesh(sample, mesh, vae_params, params, key, labels, edit=None):
+  batch = np.shape(labels)[0]
+  if batch % mesh.size:
+    raise ValueError(f'a batch of {batch} images does not split over the {mesh.size} devices of the '
+                     f'mesh; use a multiple of {mesh.size}')
+  rows, whole = sharding.batch_sharding(mesh), NamedSharding(mesh, P())
+  on_rows = lambda tree: jax.tree.map(lambda x: _on_mesh(x, rows), tree)
+  key = _on_mesh(key, rows if np.ndim(key) == 2 else whole)
+  vae_params, params = jax.tree.map(lambda x: _on_mesh(x, whole), (vae_params, params))
+  args = (vae_params, params, key, on_rows(labels))
+  return sample(*args) if edit is None else sample(*args, on_rows(edit))
+
+
+def _on_mesh(x, target: NamedSharding) -> jax.Array:
+  """x where it is if already on the target's devices, else `target`-placed from its host value
+  (every process holds the same global value, so each takes its own devices' slices)."""
+  if isinstance(x, jax.Array) and x.sharding.device_set == target.device_set:
+    return x
+  host = np.asarray(x)
+  return jax.make_array_from_callback(host.shape, target, lambda index: host[index])
+
+
+def process_rows(x: jax.Array, axis: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+  """This process's part of an array split along `axis` (a `make_sampler(mesh=...)` output):
+  (global indices (n,) ascending, values with n entries along `axis`), each index once."""
+  parts = {}
+  for shard in x.addressable_shards:
+    parts.setdefault(shard.index[axis].start or 0, shard.data)
+  starts = sorted(parts)
+  indices = np.concatenate([np.arange(s, s + parts[s].shape[axis]) for s in starts])
+  return indices, np.concatenate([np.asarray(parts[s]) for s in starts], axis=axis)
 
 
 def image_keys(seed: int, indices) -> jax.Array:

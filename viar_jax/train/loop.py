@@ -29,7 +29,6 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from viar_jax import data as data_lib
 from viar_jax import profiling, runtime
@@ -108,13 +107,12 @@ class SampleGrid:
   """The in-training sample grid: one sampler, compiled once, batch sharded over the mesh, the
   (FSDP-sharded) params used where they are; every process takes part, process 0 writes the PNG."""
 
-  def __init__(self, c, vae, model, mesh, batch_sharding):
+  def __init__(self, c, vae, model, mesh):
     self.c = c
-    labels, self.shown = sample_labels(c, model.config.num_classes, mesh.size)
-    self.labels = jax.make_array_from_callback(labels.shape, batch_sharding, lambda i: labels[i])
-    self.key = jax.device_put(jax.random.PRNGKey(c.seed), NamedSharding(mesh, P()))
+    self.labels, self.shown = sample_labels(c, model.config.num_classes, mesh.size)
+    self.key = jax.random.PRNGKey(c.seed)
     options = sampler.SampleOptions(cfg=c.sample.cfg, top_k=c.sample.top_k, top_p=c.sample.top_p)
-    self.sample = sampler.make_sampler(vae, model, options)
+    self.sample = sampler.make_sampler(vae, model, options, mesh=mesh)
 
   def __call__(self, vae_params, params, step: int, workdir):
     images = self.sample(vae_params, params, self.key, self.labels).images
@@ -225,7 +223,7 @@ def train(c, workdir, stop: runtime.Stop = None):
     runtime.say(f'resumed from step {start}')
   start = start or 0
   compiled_step(prog.stage(start))  # compile (and print memory) before the first batch
-  grid = SampleGrid(c, vae, model, mesh, sharded.batch_sharding) if c.sample_every else None
+  grid = SampleGrid(c, vae, model, mesh) if c.sample_every else None
 
   log = run_io.MetricLog(workdir, c.optim.steps, c.optim.batch_size)
   meta = {'config': c.to_dict()}
