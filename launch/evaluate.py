@@ -12,12 +12,19 @@
         --inception_weights pt_inception-2015-12-05-6726825d.pth \
         --ref_batch VIRTUAL_imagenet256_labeled.npz
 
+    # a 50k-image FID run: every device of every host samples, images stream to <out>/shards/,
+    # the same command resumes a killed run (same images, same metrics)
+    python -m launch.evaluate --vae_ckpt vae --model_ckpt viar_d30 --per_class 50 --metrics adm \
+        --inception_weights pt_inception-2015-12-05-6726825d.pth \
+        --ref_batch VIRTUAL_imagenet256_labeled.npz --out out/fid50k
+
 Metrics (`--metrics`, comma-separated): `digits` (class accuracy, digits-FID; 8x8 images) and `adm`
 (FID / sFID / IS / precision / recall); see viar_jax.eval.evaluate. The sampling flags (--classes,
 --per_class, --batch, --cfg, --top_k, --top_p, --iters, --cache, --tol, --solver, --seed,
 --more_smooth) are launch.sample's, with its defaults (note top_k 900 / top_p 0.96, the ImageNet
-settings; the digits demo samples with --top_k 0 --top_p 0). Writes `<out>/metrics.json` (default
-out/evaluate) and prints a markdown table.
+settings; the digits demo samples with --top_k 0 --top_p 0), and so are its outputs, resume and
+multi-host rules. Writes `<out>/metrics.json` (default out/evaluate) and prints a markdown table;
+on several processes, process 0 scores.
 """
 from absl import app, flags
 

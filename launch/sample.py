@@ -7,6 +7,12 @@ Writes `<out>/grid.png` (one row per class), `<out>/images/<class>_<i>.png` and 
 (`arr_0`: uint8 N x H x W x 3 as the ADM evaluator expects, `arr_1`: labels), plus per-scale VIAR
 iteration stats in `<out>/stats.json` (viar_jax.sample.generate).
 
+Every device samples, `--batch` images each per call; on several hosts start one process per host
+with JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID (or a cluster JAX detects) and an
+`--out` every host sees. Images stream to `<out>/shards/` as they are made; the same command again
+resumes a killed run (same images), and a directory of a run with other settings is refused.
+`--fsdp n` splits the model's params over groups of n devices when a replica does not fit.
+
 VIAR compute: `--iters n` runs n iterations at every scale, `--iters L,R` ramps linearly from L at the
 first scale to R at the last, `--iters a,b,c,...` (one entry per scale) is explicit;
 `--cache final_iterate` with `--tol` / `--solver anderson` exits early per sample. Editing:

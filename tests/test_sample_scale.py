@@ -57,6 +57,11 @@ def test_mesh_sampler_splits_the_batch_and_refuses_what_does_not_split(ckpts):
     np.testing.assert_array_equal(sampler.process_rows(split_tokens)[1], tokens)
   _, iterations = sampler.process_rows(split.iterations, axis=1)
   np.testing.assert_array_equal(iterations, [[2] * 8, [1] * 8])
+  shardings = sharding.named_shardings(sharding.param_specs(params, mesh, min_fsdp_size=1), mesh)
+  fsdp_params = jax.tree.map(sampler.on_mesh, params, shardings)
+  assert any(len(x.sharding.spec) for x in jax.tree.leaves(fsdp_params))  # some split over 'fsdp'
+  gathered = sampler.make_sampler(vae, model, OPTIONS, mesh=mesh)(vae_params, fsdp_params, keys, labels)
+  np.testing.assert_array_equal(sampler.process_rows(gathered.images)[1], images)
   with pytest.raises(ValueError, match='6 images does not split over the 4 devices'):
     sampler.make_sampler(vae, model, OPTIONS, mesh=mesh)(vae_params, params, keys[:6], labels[:6])
 
@@ -81,6 +86,13 @@ def test_images_do_not_depend_on_devices_batch_or_resuming(ckpts, one_device_run
   with np.load(resumed['npz']) as z:
     np.testing.assert_array_equal(z['arr_0'], reference)
   assert (tmp_path / 'grid.png').exists() and len(list((tmp_path / 'images').glob('*.png'))) == 15
+
+  # The transformer's params split over groups of 4 devices: the same images.
+  split = generate.generate(*ckpts, ['1', '4', '7'], 5, 1, OPTIONS, 3, tmp_path / 'fsdp', fsdp=4)
+  with np.load(split['npz']) as z:
+    np.testing.assert_array_equal(z['arr_0'], reference)
+  with pytest.raises(ValueError, match='fsdp=3 must divide the 8 devices'):
+    generate.generate(*ckpts, ['1'], 1, 1, OPTIONS, 3, tmp_path / 'fsdp3', fsdp=3)
 
   spec = (tmp_path / 'run.json').read_text()
   for changed, match in (((['1', '4', '7'], 5, 1, OPTIONS, 4), 'seed: 3 there, 4 now'),

@@ -43,16 +43,22 @@ GRID_MAX = 16  # classes (rows) and images per class (columns) shown in grid.png
 
 def generate(vae_ckpt, model_ckpt, classes: Sequence, per_class: int, batch: int,
              options: sampler.SampleOptions, seed: int, out,
-             edit: Optional[Tuple[np.ndarray, np.ndarray]] = None, devices=None) -> Dict:
+             edit: Optional[Tuple[np.ndarray, np.ndarray]] = None, devices=None,
+             fsdp: int = 1) -> Dict:
   """Samples `per_class` images of every class (all classes if `classes` is empty) into `out`.
 
   batch: images per device and call. edit: (source image (H, W, 3) float [-1, 1], keep-mask (n, n)
-  at the finest scale) or None. devices: default every device of every process.
+  at the finest scale) or None. devices: default every device of every process. fsdp > 1: the
+  transformer's large params are split over groups of `fsdp` devices (sharding.param_specs) instead
+  of replicated, for models whose replicas do not fit; XLA gathers each where it is used.
   Returns {'grid': path, 'npz': path, 'stats': dict} (the paths on process 0, else None).
   """
   out = writable.ensure_dir(out, 'sample output directory')  # before loading and sampling
   if batch < 1 or per_class < 1:
     raise ValueError(f'batch (per device) and per_class must be >= 1, got {batch} and {per_class}')
+  devices = list(devices or jax.devices())
+  if fsdp < 1 or len(devices) % fsdp:
+    raise ValueError(f'fsdp={fsdp} must divide the {len(devices)} devices')
   vae, vae_params, model, params = pair.load(vae_ckpt, model_ckpt)
   cfg = model.config
   classes = [int(c) for c in classes] or list(range(cfg.num_classes))
@@ -60,12 +66,16 @@ def generate(vae_ckpt, model_ckpt, classes: Sequence, per_class: int, batch: int
   if bad:
     raise ValueError(f'class ids {bad} outside [0, {cfg.num_classes}]')
   labels = np.repeat(np.asarray(classes, np.int32), per_class)
-  spec = {'vae_ckpt': str(vae_ckpt), 'model_ckpt': str(model_ckpt), 'classes': classes,
+  spec = {'vae_ckpt': str(writable.absolute(vae_ckpt)),
+          'model_ckpt': str(writable.absolute(model_ckpt)), 'classes': classes,
           'per_class': per_class, 'seed': seed, 'options': dict(options.__dict__),
           'edit': None if edit is None else _digest(*edit)}
   run = shards.SampleRun.open(out, spec)  # refuses another run's directory, before any compute
 
-  mesh = sharding.make_mesh(len(devices or jax.devices()), 1, devices=devices)
+  mesh = sharding.make_mesh(len(devices) // fsdp, fsdp, devices=devices)
+  if fsdp > 1:
+    shardings = sharding.named_shardings(sharding.param_specs(params, mesh), mesh)
+    params = jax.tree.map(sampler.on_mesh, params, shardings)
   per_call = batch * mesh.size
   sample = sampler.make_sampler(vae, model, options, mesh=mesh)
   edit_args = None

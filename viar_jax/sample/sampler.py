@@ -163,14 +163,14 @@ def _sample_on_mesh(sample, mesh, vae_params, params, key, labels, edit=None):
     raise ValueError(f'a batch of {batch} images does not split over the {mesh.size} devices of the '
                      f'mesh; use a multiple of {mesh.size}')
   rows, whole = sharding.batch_sharding(mesh), NamedSharding(mesh, P())
-  on_rows = lambda tree: jax.tree.map(lambda x: _on_mesh(x, rows), tree)
-  key = _on_mesh(key, rows if np.ndim(key) == 2 else whole)
-  vae_params, params = jax.tree.map(lambda x: _on_mesh(x, whole), (vae_params, params))
+  on_rows = lambda tree: jax.tree.map(lambda x: on_mesh(x, rows), tree)
+  key = on_mesh(key, rows if np.ndim(key) == 2 else whole)
+  vae_params, params = jax.tree.map(lambda x: on_mesh(x, whole), (vae_params, params))
   args = (vae_params, params, key, on_rows(labels))
   return sample(*args) if edit is None else sample(*args, on_rows(edit))
 
 
-def _on_mesh(x, target: NamedSharding) -> jax.Array:
+def on_mesh(x, target: NamedSharding) -> jax.Array:
   """x where it is if already on the target's devices, else `target`-placed from its host value
   (every process holds the same global value, so each takes its own devices' slices)."""
   if isinstance(x, jax.Array) and x.sharding.device_set == target.device_set:

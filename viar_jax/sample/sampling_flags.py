@@ -22,7 +22,10 @@ def define(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_string('model_ckpt', None, 'VAR / VIAR checkpoint directory (launch.convert)', **fv)
   flags.DEFINE_list('classes', [], 'class ids to sample; empty = all classes', **fv)
   flags.DEFINE_integer('per_class', 4, 'samples per class', **fv)
-  flags.DEFINE_integer('batch', 16, 'images per device and call (every local device samples)', **fv)
+  flags.DEFINE_integer('batch', 16, 'images per device and call (every device of every process '
+                       'samples)', **fv)
+  flags.DEFINE_integer('fsdp', 1, 'split the model\'s large params over groups of this many devices '
+                       'instead of replicating them (models too large for one device)', **fv)
   flags.DEFINE_float('cfg', 1.5, 'classifier-free guidance (ramped over scales)', **fv)
   flags.DEFINE_integer('top_k', 900, 'top-k filtering (0 = off)', **fv)
   flags.DEFINE_float('top_p', 0.96, 'top-p filtering (0 = off)', **fv)
@@ -50,5 +53,5 @@ def generate_args(sample_options: sampler.SampleOptions,
   """The keyword arguments of generate.generate, but `out` and `edit`."""
   f = flag_values
   return dict(vae_ckpt=f.vae_ckpt, model_ckpt=f.model_ckpt, classes=f.classes,
-              per_class=f.per_class, batch=f.batch, options=sample_options, seed=f.seed)
+              per_class=f.per_class, batch=f.batch, options=sample_options, seed=f.seed, fsdp=f.fsdp)
 
