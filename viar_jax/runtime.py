@@ -15,7 +15,6 @@ import signal
 from typing import Optional
 
 import jax
-from jax._src import distributed as jax_distributed  # the preemption sync manager's owner
 from jax._src.clusters import ClusterEnv  # JAX's own cluster auto-detection (TPU, SLURM, MPI, k8s)
 from jax.experimental import multihost_utils
 
@@ -34,7 +33,7 @@ def initialize() -> int:
     ValueError: JAX_COORDINATOR_ADDRESS is set without a process count and id (and no cluster
       provides them), or they are not integers in range.
   """
-  if jax_distributed.global_state.client is not None:  # already started (e.g. by a caller)
+  if jax.distributed.is_initialized():  # already started (e.g. by a caller)
     return jax.process_count()
   address, count, index = (os.environ.get(k) for k in COORDINATOR_ENV)
   cluster = _detected_cluster()
@@ -102,7 +101,7 @@ class Stop:
     if after is not None and after < 1:
       raise ValueError(f'stop_after must be a positive number of steps, got {after}')
     self.after, self.steps, self.preempted = after, 0, False
-    self._collective = jax_distributed.global_state.client is not None
+    self._collective = jax.distributed.is_initialized()
     if not self._collective:
       signal.signal(signal.SIGTERM, self._on_sigterm)
 
