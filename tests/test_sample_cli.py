@@ -60,6 +60,8 @@ def test_edit_keep_everything_reproduces_the_source(ckpts, tmp_path):
   with np.load(res['npz']) as z:
     diff = np.abs(z['arr_0'].astype(int) - png.to_uint8(np.asarray(recon))[0].astype(int))
   assert diff.max() <= 1
+  # grid.png: the source and the marked source lead the row of 2 edits, 16px shown 4x (+2px gaps)
+  assert Image.open(res['grid']).size == (4 * (64 + 2) + 2, 64 + 4)
 
 
 def test_argument_helpers(ckpts):

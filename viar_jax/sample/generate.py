@@ -111,7 +111,7 @@ def generate(vae_ckpt, model_ckpt, classes: Sequence, per_class: int, batch: int
   result = {'grid': None, 'npz': None, 'stats': None}
   if runtime.is_primary():
     result = _finish(run, out, labels, per_class, options, len(labels) - done_before, seconds,
-                     image_shape=(vae.config.image_size, vae.config.image_size, 3))
+                     image_shape=(vae.config.image_size, vae.config.image_size, 3), edit=edit)
   runtime.sync('samples-assembled')
   return result
 
@@ -129,14 +129,22 @@ def _calls_to_run(run: shards.SampleRun, total: int, per_call: int, mesh) -> lis
   return starts[needed].tolist()
 
 
-def _finish(run, out, labels, per_class, options, sampled, seconds, image_shape) -> Dict:
-  """Process 0: samples.npz, grid.png and stats.json from the shards."""
+def _finish(run, out, labels, per_class, options, sampled, seconds, image_shape, edit) -> Dict:
+  """Process 0: samples.npz, grid.png (edits: each row led by the source and the region
+  regenerated, marked red) and stats.json from the shards."""
   npz_path = run.assemble(labels, image_shape)
   iterations = np.concatenate(list(run.read(len(labels), 'iterations')))
   first = np.unique(labels, return_index=True)[1]  # the first image of each class (class-major)
-  shown = np.concatenate([j + np.arange(min(per_class, GRID_MAX)) for j in np.sort(first)[:GRID_MAX]])
+  cols = min(per_class, GRID_MAX)
+  shown = np.concatenate([j + np.arange(cols) for j in np.sort(first)[:GRID_MAX]])
   images = next(run.read(len(labels), 'images', indices=shown, chunk=len(shown)))
-  grid = png.write_png(out / 'grid.png', png.grid(images, cols=min(per_class, GRID_MAX)))
+  if edit is not None:
+    lead = _edit_sources(*edit)
+    images = np.concatenate([np.concatenate([lead, row]) for row in images.reshape(-1, cols,
+                                                                                   *image_shape)])
+    cols += len(lead)
+  zoom = max(1, 64 // image_shape[0])  # small images (8px digits) shown enlarged
+  grid = png.write_png(out / 'grid.png', png.grid(images, cols=cols, zoom=zoom))
   stats = {'images': int(len(labels)), 'sampled_now': int(sampled),
            'seconds_incl_compile': round(seconds, 2),
            'images_per_second_incl_compile': round(sampled / seconds, 3) if sampled else None,
@@ -145,6 +153,15 @@ def _finish(run, out, labels, per_class, options, sampled, seconds, image_shape)
   (epath.Path(out) / 'stats.json').write_text(json.dumps(stats, indent=1))
   print(f'{len(labels)} images ({sampled} sampled now, {seconds:.1f}s) -> {grid}, {npz_path}')
   return {'grid': grid, 'npz': npz_path, 'stats': stats}
+
+
+def _edit_sources(image, keep_mask) -> np.ndarray:
+  """(2, H, W, 3) uint8: the source image, and the same with the cells to regenerate tinted red."""
+  source = png.to_uint8(np.asarray(image))
+  cell = source.shape[0] // keep_mask.shape[0]
+  regenerate = np.kron(np.asarray(keep_mask) < 0.5, np.ones((cell, cell), bool))[..., None]
+  tinted = np.where(regenerate, (source * 0.5 + np.array([127, 0, 0])).astype(np.uint8), source)
+  return np.stack([source, tinted])
 
 
 def _digest(image, mask) -> str:
