@@ -1,7 +1,9 @@
-"""The report plots of the benchmark and the quality curve, through matplotlib (the `plot` extra).
+"""The report plots of the benchmark, the quality curve and the study, through matplotlib (the
+`plot` extra).
 
     plotting.ratio_bars(out / 'benchmark.png', labels, [('images/s vs VAR', speedups), ...])
     plotting.tradeoff(out / 'quality_curve.png', rows, floor=12.3)
+    plotting.study_curves(out / 'study.png', points, x='images_per_s', xlabel='images / s')
 
 matplotlib is optional: without it a plot function prints why no plot was written and returns None
 (`strict=True` raises instead), so reports still get their tables.
@@ -110,4 +112,51 @@ def tradeoff(plt, rows: List[Dict], x: str = 'images_per_s', y: str = 'digits_fi
   ax.set_ylabel(ylabel)
   ax.grid(alpha=0.3)
   ax.legend()
+  return fig
+
+
+@_optional
+def study_curves(plt, points: List[Dict], x: str, xlabel: str,
+                 panels: Sequence[Tuple[str, str]] = (('digits_fid', 'digits-FID (lower is better)'),),
+                 floors: Optional[Dict[str, float]] = None, log_x: bool = False):
+  """One panel per (y key, title): one curve per (model, width) with ±std error bars, VIAR in blues
+  (points over schedules), VAR in reds (points over depths), each point labelled.
+
+  Args:
+    plt: supplied by the decorator; callers pass `path` (and `strict=`) first instead.
+    points: dicts with 'model' ('VIAR' / 'VAR'), 'width', 'label' (a point's tag: schedule or
+      depth), `x`, and for each panel's y key the key and optionally `<key>_std`.
+    x, xlabel: the x key (e.g. 'images_per_s', 'params') and its axis title.
+    panels: (y key, axis title) per panel, side by side.
+    floors: {y key: a dashed reference line (e.g. real digits' FID)}.
+    log_x: a log x axis (parameter counts spanning several sizes).
+  """
+  if not panels:
+    raise ValueError('study_curves needs at least one panel')
+  floors = floors or {}
+  curves: Dict[Tuple[str, int], List[Dict]] = {}
+  for p in points:
+    curves.setdefault((p['model'], p['width']), []).append(p)
+  widths = sorted({w for _, w in curves})
+  cmaps = {'VIAR': plt.get_cmap('Blues'), 'VAR': plt.get_cmap('Reds')}
+  shade = lambda w: 0.55 + 0.4 * (widths.index(w) / max(1, len(widths) - 1))  # wider: darker
+  fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 5), squeeze=False)
+  for ax, (key, title) in zip(axes[0], panels):
+    for (model, width), ps in sorted(curves.items()):
+      ps = sorted(ps, key=lambda p: (p[x], p[key]))
+      color = cmaps[model](shade(width))
+      ax.errorbar([p[x] for p in ps], [p[key] for p in ps],
+                  yerr=[p.get(key + '_std', 0.0) for p in ps], fmt='o-' if model == 'VIAR' else 's--',
+                  color=color, capsize=3, label=f'{model} width {width}')
+      for p in ps:
+        ax.annotate(p['label'], (p[x], p[key]), textcoords='offset points', xytext=(5, 5),
+                    color=color, fontsize=8)
+    if key in floors:
+      ax.axhline(floors[key], color='gray', ls=':', lw=1, label='real train digits')
+    if log_x:
+      ax.set_xscale('log')
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
   return fig
