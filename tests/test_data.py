@@ -146,6 +146,23 @@ def test_digits_loader_shapes_and_seeds(digits_dir):
                                 [src[i]['label'] for i in range(1500)])  # Source order.
 
 
+def test_loader_without_augmentation_yields_the_exact_pixels(digits_dir):
+  src = data.load_digits_source('train', digits_dir)
+  originals = {np.repeat(np.asarray(src[i]['image']).reshape(8, 8, 1), 3, -1).tobytes()
+               for i in range(len(src))}
+  exact = lambda **kw: data.make_loader(src, image_size=8, global_batch_size=32, seed=0,
+                                        train=True, **kw)
+  batch = next(iter(exact(augment=False)))['image']
+  assert batch.shape == (32, 8, 8, 3) and all(im.tobytes() in originals for im in batch)
+  resampled = next(iter(exact()))['image']  # the reference resize 8 -> 9 and crop: none is exact
+  assert sum(im.tobytes() in originals for im in resampled) < 4
+  with pytest.raises(ValueError, match='exactly 16x16, got 8x8'):
+    next(iter(data.make_loader(src, image_size=16, global_batch_size=32, seed=0, train=True,
+                               augment=False)))
+  with pytest.raises(ValueError, match='augment must be True or False'):
+    data.loader_options({'augment': 'no'})
+
+
 @pytest.mark.parametrize('num_epochs', [1, None])
 def test_processes_read_rows_of_the_one_process_batches(num_epochs):
   """Process p's batches are rows [p·b, (p+1)·b) of the 1-process batches, augmentation included:

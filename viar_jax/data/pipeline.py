@@ -26,7 +26,8 @@ import numpy as np
 from viar_jax.data import transforms
 from viar_jax.data.skips import NoReadableRecordsError, SkipStats, Unreadable, is_skipped
 # Also part of this module's interface (the augmentation the loader applies).
-from viar_jax.data.transforms import reference_eval_transform, reference_train_transform
+from viar_jax.data.transforms import (exact_train_transform, reference_eval_transform,
+                                      reference_train_transform)
 
 
 _warned_records: set[str] = set()  # Undecodable records already warned about, in this process.
@@ -52,10 +53,12 @@ def _decode_or_mark(record) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class _TrainTransform(grain.RandomMapTransform):
-  """Record -> {'image': (R, R, 3) uint8, 'label': int32}, random crop (+ flip); passes skips."""
+  """Record -> {'image': (R, R, 3) uint8, 'label': int32}, random crop (+ flip), or with
+  `augment=False` the image as it is (+ flip); passes skips."""
   image_size: int
   hflip: bool = False
   resize_mode: str = 'lanczos'
+  augment: bool = True
 
   def random_map(self, element, rng: np.random.Generator):
     if is_skipped(element):
@@ -63,9 +66,11 @@ class _TrainTransform(grain.RandomMapTransform):
     image = _decode_or_mark(element)
     if is_skipped(image):
       return image
-    return {'image': reference_train_transform(image, self.image_size, rng, self.hflip,
-                                               self.resize_mode),
-            'label': np.int32(element['label'])}
+    if self.augment:
+      image = reference_train_transform(image, self.image_size, rng, self.hflip, self.resize_mode)
+    else:
+      image = exact_train_transform(image, self.image_size, rng, self.hflip)
+    return {'image': image, 'label': np.int32(element['label'])}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,7 +178,7 @@ def make_loader(source, *, image_size: int, global_batch_size: int, seed: int, t
                 hflip: bool = False, process_index: int = 0, process_count: int = 1,
                 num_epochs: int | None = None, worker_count: int = 0,
                 resize_mode: str = 'lanczos', read_options: grain.ReadOptions | None = None,
-                skip_stats: SkipStats | None = None) -> Loader:
+                skip_stats: SkipStats | None = None, augment: bool = True) -> Loader:
   """Batches of reference-augmented images from a random-access `source`.
 
   Args:
@@ -185,6 +190,8 @@ def make_loader(source, *, image_size: int, global_batch_size: int, seed: int, t
     train: True: shuffled, random crop (+ `hflip`), infinite by default, partial last batch
       dropped. False: source order, centre crop, one epoch by default, partial last batch kept.
     hflip: random horizontal flips (train only).
+    augment: train only; False: no resize and crop, every image must be R x R already (datasets
+      stored at the model's resolution, e.g. the 8x8 digits: `transforms.exact_train_transform`).
     process_index, process_count: this process reads its rows of each global batch (`ProcessRows`;
       e.g. jax.process_index(), jax.process_count()).
     num_epochs: passes over the data; None -> infinite for train, 1 for eval.
@@ -220,7 +227,7 @@ def make_loader(source, *, image_size: int, global_batch_size: int, seed: int, t
   stream = grain.IndexSampler(num_records, shard_options=grain.NoSharding(), shuffle=train,
                               num_epochs=num_epochs, seed=grain_seed(seed))
   sampler = ProcessRows(stream, global_batch_size, process_index, process_count)
-  transform = (_TrainTransform(image_size, hflip, resize_mode) if train
+  transform = (_TrainTransform(image_size, hflip, resize_mode, augment) if train
                else _EvalTransform(image_size, resize_mode))
   if skip_stats is None:
     skip_stats = SkipStats(shared=worker_count > 0)
@@ -246,8 +253,8 @@ def make_loader(source, *, image_size: int, global_batch_size: int, seed: int, t
 def loader_options(data_config) -> dict:
   """`make_loader` keyword arguments from a run config's `data` section: `worker_count` (grain
   worker processes; 0 = decode in the training process), `read_threads` and `prefetch_buffer`
-  (grain's ReadOptions: threads reading records, records read ahead); absent keys keep grain's
-  defaults (16 threads, 500 records)."""
+  (grain's ReadOptions: threads reading records, records read ahead; absent keys keep grain's
+  defaults, 16 threads and 500 records) and `augment` (default True, the reference resize-crop)."""
   defaults = grain.ReadOptions()
   options = {'worker_count': data_config.get('worker_count', 0),
              'read_threads': data_config.get('read_threads', defaults.num_threads),
@@ -255,7 +262,10 @@ def loader_options(data_config) -> dict:
   bad = {k: v for k, v in options.items() if not isinstance(v, int) or v < (1 if k == 'read_threads' else 0)}
   if bad:
     raise ValueError(f'config.data: {bad} must be non-negative ints (read_threads at least 1)')
-  return dict(worker_count=options['worker_count'], read_options=grain.ReadOptions(
+  augment = data_config.get('augment', True)
+  if not isinstance(augment, bool):
+    raise ValueError(f'config.data.augment must be True or False, got {augment!r}')
+  return dict(worker_count=options['worker_count'], augment=augment, read_options=grain.ReadOptions(
       num_threads=options['read_threads'], prefetch_buffer_size=options['prefetch_buffer']))
 
 

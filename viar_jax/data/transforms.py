@@ -94,6 +94,20 @@ def reference_train_transform(img_uint8_HWC, image_size: int, rng: np.random.Gen
   return _to_rgb(img)
 
 
+def exact_train_transform(img_uint8_HWC, image_size: int, rng: np.random.Generator,
+                          hflip: bool = False) -> np.ndarray:
+  """The image as it is (no resampling), optional flip: for datasets stored at the model's
+  resolution, where the reference's resize to 1.125 R and crop back would resample every pixel
+  (on the 8x8 digits a model would never see a real digit). -> (R, R, 3) uint8."""
+  img = as_uint8_hwc(img_uint8_HWC)
+  if img.shape[:2] != (image_size, image_size):
+    raise ValueError(f'config.data.augment=False trains on images exactly {image_size}x{image_size}'
+                     f', got {img.shape[0]}x{img.shape[1]}; use augment=True (resize and crop)')
+  if hflip and rng.random() < 0.5:
+    img = img[:, ::-1]
+  return _to_rgb(img)
+
+
 def reference_eval_transform(img_uint8_HWC, image_size: int,
                              resize_mode: str = 'lanczos') -> np.ndarray:
   """Resize shorter side to round(1.125 R), centre R x R crop -> (R, R, 3) uint8.

@@ -215,3 +215,81 @@ def _symmetric_uniform(bound):
   def init(key, shape, dtype=jnp.float32):
     return jax.random.uniform(key, shape, dtype, -bound, bound)
   return init
+
+
+# --- codebook statistics and training-side codebook maintenance -----------------------------------
+# Pure functions on plain arrays (no module state): used by viar_jax.train.tokenizer_step and
+# viar_jax.eval.tokenizer_quality. None of them changes the quantizer's forward computation.
+
+
+def usage_and_perplexity(hits_KV) -> Tuple[jax.Array, jax.Array]:
+  """(K, V) code hit counts (or any non-negative weights) per scale -> (usage (K,), perplexity (K,)).
+
+  usage: the fraction of the V codes with a positive count; perplexity: exp(entropy) of the scale's
+  code distribution, V when uniform, 1 when a single code takes everything (and 1 for no hits).
+  """
+  hits_KV = jnp.asarray(hits_KV, jnp.float32)
+  usage = jnp.mean((hits_KV > 0).astype(jnp.float32), axis=1)
+  p = hits_KV / jnp.maximum(jnp.sum(hits_KV, axis=1, keepdims=True), 1e-12)
+  entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=1)
+  return usage, jnp.exp(entropy)
+
+
+def kmeans(x_NC, key, num_codes: int, iters: int = 10, weights_N=None) -> jax.Array:
+  """Lloyd's k-means with k-means++ seeding -> (num_codes, C) centroids; jit-compatible and
+  deterministic given `key` (the same on every device when the inputs are).
+
+  weights_N: optional non-negative per-vector weights (0 masks a vector out). A cluster that loses
+  all its points keeps its previous centroid.
+  """
+  x_NC = jnp.asarray(x_NC, jnp.float32)
+  n = x_NC.shape[0]
+  w = jnp.ones((n,), jnp.float32) if weights_N is None else jnp.asarray(weights_N, jnp.float32)
+  sq = jnp.sum(x_NC**2, axis=1)
+
+  def dist2(c_VC):  # (N, V) squared distances
+    return jnp.maximum(sq[:, None] + jnp.sum(c_VC**2, axis=1)[None]
+                       - 2 * jnp.dot(x_NC, c_VC.T, precision=HIGHEST), 0.0)
+
+  # k-means++: each next seed drawn with probability ∝ weight · distance² to the nearest seed.
+  keys = jax.random.split(key, num_codes)
+  first = jax.random.choice(keys[0], n, p=w / jnp.sum(w))
+  cents = jnp.zeros((num_codes, x_NC.shape[1]), jnp.float32).at[0].set(x_NC[first])
+  d_min = jnp.sum((x_NC - x_NC[first])**2, axis=1)
+
+  def seed(i, carry):
+    cents, d_min = carry
+    p = w * d_min
+    total = jnp.sum(p)
+    p = jnp.where(total > 0, p / jnp.maximum(total, 1e-30), w / jnp.sum(w))
+    j = jax.random.choice(keys[i], n, p=p)
+    cents = cents.at[i].set(x_NC[j])
+    return cents, jnp.minimum(d_min, jnp.sum((x_NC - x_NC[j])**2, axis=1))
+
+  cents, _ = jax.lax.fori_loop(1, num_codes, seed, (cents, d_min))
+
+  def lloyd(_, cents):
+    assign = jax.nn.one_hot(jnp.argmin(dist2(cents), axis=1), num_codes) * w[:, None]  # (N, V)
+    count = jnp.sum(assign, axis=0)
+    mean = jnp.dot(assign.T, x_NC, precision=HIGHEST) / jnp.maximum(count, 1e-12)[:, None]
+    return jnp.where(count[:, None] > 0, mean, cents)
+
+  return jax.lax.fori_loop(0, iters, lloyd, cents)
+
+
+def restart_dead_codes(codebook_VC, dead_V, candidates_NC, key, weights_N=None) -> jax.Array:
+  """Replaces the codes where `dead_V` is True by candidate vectors drawn at random (without
+  replacement while there are enough, weighted by `weights_N`); live codes are returned unchanged.
+  Deterministic given `key`."""
+  v = codebook_VC.shape[0]
+  n = candidates_NC.shape[0]
+  w = jnp.ones((n,), jnp.float32) if weights_N is None else jnp.asarray(weights_N, jnp.float32)
+  # Gumbel top-k: v distinct draws ∝ w (as long as at least v candidates have positive weight).
+  g = jnp.log(jnp.maximum(w, 1e-30)) + jax.random.gumbel(key, (n,))
+  g = jnp.where(w > 0, g, -jnp.inf)
+  if n >= v:
+    pick = jax.lax.top_k(g, v)[1]
+  else:
+    pick = jax.random.choice(key, n, (v,), p=w / jnp.sum(w))
+  new = candidates_NC[pick].astype(codebook_VC.dtype)
+  return jnp.where(dead_V[:, None], new, codebook_VC)

@@ -4,8 +4,18 @@ Losses: reconstruction L1/L2 + VQ/commitment, an optional VQGAN-style patch disc
 (config.tokenizer.disc_weight > 0) and an optional LPIPS perceptual loss
 (config.tokenizer.perceptual_weight > 0, user-supplied weights, images of >= 16 px). Uses
 `config.tokenizer` (architecture under `vqvae`, steps, batch_size, lr, loss weights) and
-`config.data`; writes a viar-jax checkpoint plus `reconstructions.png` (input rows above their
-reconstructions) to the output directory.
+`config.data` (`augment=False` trains on the exact pixels of datasets stored at the model's
+resolution, as the digits are). Training-side options (all leave the VQ-VAE architecture as it is; see
+tokenizer_step and configs/digits.py):
+  codebook     usage window, k-means codebook init, dead-code restarts (`CodebookOptions`);
+               usage_s<k> / perplexity_s<k> per scale are logged
+  quant_ramp   (start, end): the decoder sees the unquantized latent first, then the codes
+  vq_weight    weight of the VQ loss
+  grayscale    tie the decoder's output channels: grey data decodes to grey images, exactly
+Writes a viar-jax checkpoint, `reconstructions.png` (real images over their reconstructions from
+every scale prefix) and `reconstruction_metrics.json` (viar_jax.eval.tokenizer_quality: on the
+digits, digits-FID and class accuracy of reconstructed train digits, usage per scale) to the output
+directory.
 
 Runs as the transformer's training does (viar_jax.train.loop): on every process, data parallel over
 a mesh of all devices (the state replicated, each process reading its rows of the same global
@@ -18,18 +28,18 @@ norm are checked for NaN / inf at every log step (a tenth of the steps, and the 
 every save: a bad value raises `run_io.NonFiniteError` naming the step and metric and that state is
 not saved. Skipped unreadable images are counted in the log (`data_skipped`).
 """
+import functools
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from viar_jax import data as data_lib
 from viar_jax import runtime
-from viar_jax.eval import lpips
-from viar_jax.io import checkpoint, png, run_config, writable
+from viar_jax.eval import lpips, tokenizer_quality
+from viar_jax.io import checkpoint, run_config, writable
 from viar_jax.models import discriminator, vqvae
 from viar_jax.train import optim, run_io, sharding, tokenizer_step
 
@@ -77,19 +87,30 @@ def train(c, out_dir, mesh=None, stop: runtime.Stop = None):
   vae = vqvae.VQVAE(cfg)
   optimizer = optim.make_tokenizer_optimizer(lr=t.lr, steps=t.steps)
   use_gan = t.get('disc_weight', 0.0) > 0
+  tie = bool(t.get('grayscale', False))  # grey data: decoder output channels tied (see the config)
+  codebook = codebook_options(t)
   if use_gan:  # VQGAN-style patch discriminator (tokenizer_step.gan_train_step)
     disc = discriminator.PatchDiscriminator(ndf=t.disc_ndf, n_layers=t.disc_layers)
     disc_optimizer = optim.make_discriminator_optimizer(lr=t.disc_lr)
-    create = lambda k: tokenizer_step.create_gan_state(vae, disc, optimizer, disc_optimizer, k)
-    step = lambda s, x, lp: tokenizer_step.gan_train_step(
-        s, x, vae=vae, disc=disc, vae_optimizer=optimizer, disc_optimizer=disc_optimizer,
-        l1_weight=t.l1_weight, l2_weight=t.l2_weight, disc_weight=t.disc_weight,
-        disc_start_step=t.disc_start_step, perceptual_weight=perceptual_weight, lpips_params=lp)
+    create_model = lambda k: tokenizer_step.create_gan_state(vae, disc, optimizer, disc_optimizer,
+                                                             k, tie)
+    model_step = functools.partial(
+        tokenizer_step.gan_train_step, vae=vae, disc=disc, vae_optimizer=optimizer,
+        disc_optimizer=disc_optimizer, l1_weight=t.l1_weight, l2_weight=t.l2_weight,
+        disc_weight=t.disc_weight, disc_start_step=t.disc_start_step,
+        perceptual_weight=perceptual_weight, tie_channels=tie,
+        vq_weight=t.get('vq_weight', 1.0), quant_ramp=quant_ramp(t))
   else:
-    create = lambda k: tokenizer_step.create_state(vae, optimizer, k)
-    step = lambda s, x, lp: tokenizer_step.train_step(
-        s, x, vae=vae, optimizer=optimizer, l1_weight=t.l1_weight, l2_weight=t.l2_weight,
-        perceptual_weight=perceptual_weight, lpips_params=lp)
+    create_model = lambda k: tokenizer_step.create_state(vae, optimizer, k, tie)
+    model_step = functools.partial(
+        tokenizer_step.train_step, vae=vae, optimizer=optimizer, l1_weight=t.l1_weight,
+        l2_weight=t.l2_weight, perceptual_weight=perceptual_weight, tie_channels=tie,
+        vq_weight=t.get('vq_weight', 1.0), quant_ramp=quant_ramp(t))
+  # The codebook bookkeeping (usage window, k-means init, dead-code restarts) wraps either step.
+  create = lambda k: tokenizer_step.TokenizerState(
+      model=create_model(k), codes=tokenizer_step.init_codebook_state(vae, codebook))
+  step = lambda s, x, lp: tokenizer_step.codebook_train_step(
+      s, x, vae=vae, step_fn=model_step, options=codebook, lpips_params=lp)
   # Data parallel: the (small) state replicated, the batch over every device. The LPIPS params
   # (None when off) are an argument, not a closure: no 60 MB of constants.
   state = jax.jit(create, out_shardings=replicated)(jax.random.PRNGKey(c.seed))
@@ -132,18 +153,39 @@ def train(c, out_dir, mesh=None, stop: runtime.Stop = None):
     ckpt.close()
     log.close()
   skips.summary()
-  params = state.vae.params if use_gan else state.params
+  params = tokenizer_step.model_train_state(state).params
+  train_s = time.perf_counter() - t0
   checkpoint.save(out_dir, params, cfg)  # every process; the training checkpoints stay for reference
   if runtime.is_primary():
-    write_reconstructions(vae, jax.device_get(params), next(it)['image'][:8], out_dir)
-  runtime.say(f'tokenizer trained in {time.perf_counter() - t0:.0f}s -> {out_dir}')
+    write_reconstructions(c, vae, jax.device_get(params), next(it)['image'], out_dir)
+  runtime.say(f'tokenizer trained in {train_s:.0f}s -> {out_dir}')
   return cfg, params
 
 
-def write_reconstructions(vae, params, images, out_dir):
-  """`reconstructions.png`: input rows above their reconstructions."""
-  images = data_lib.to_model_range(np.asarray(images))
-  rec = vae.apply({'params': params}, jnp.asarray(images), method=vqvae.VQVAE.reconstruct)
-  grid = png.grid(png.to_uint8(np.concatenate([np.asarray(images), np.asarray(rec)])), cols=8,
-                  zoom=max(1, 64 // vae.config.image_size))
-  return png.write_png(out_dir / 'reconstructions.png', grid)
+def quant_ramp(t):
+  """config.tokenizer.quant_ramp (start, end) steps, or None (absent / empty: no warm-up)."""
+  ramp = t.get('quant_ramp', None)
+  return (int(ramp[0]), int(ramp[1])) if ramp else None
+
+
+def codebook_options(t) -> tokenizer_step.CodebookOptions:
+  """`config.tokenizer.codebook` (a dict, absent: all off) as `tokenizer_step.CodebookOptions`."""
+  options = t.get('codebook', None) or {}
+  return tokenizer_step.CodebookOptions(
+      **(options.to_dict() if hasattr(options, 'to_dict') else dict(options)))
+
+
+def write_reconstructions(c, vae, params, images, out_dir):
+  """`reconstructions.png` (real images over their reconstructions from every scale prefix) and
+  `reconstruction_metrics.json` (`viar_jax.eval.tokenizer_quality`). On the 8x8 digits with
+  config.tokenizer.eval_digits: the digits protocol (1000 train digits: digits-FID vs the test
+  split, class accuracy, usage per scale); otherwise usage and pixel error on `images` (a batch)."""
+  t = c.tokenizer
+  digits = (c.data.name == 'digits' and vae.config.image_size == 8
+            and t.get('eval_digits', True))
+  t0 = time.perf_counter()
+  m = tokenizer_quality.evaluate(vae, params, out_dir, images=None if digits else images,
+                                 data_dir=c.data.data_dir if digits else None)
+  runtime.say(f'tokenizer {tokenizer_quality.summary(m)} ({time.perf_counter() - t0:.0f}s) '
+              f'-> {out_dir / tokenizer_quality.METRICS_FILE}')
+  return m
