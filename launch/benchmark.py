@@ -2,10 +2,13 @@
 
     python -m launch.benchmark [--depth 30] [--embed_dim 256] [--batch 2] [--repeats 3] [--quick]
                                [--isolate | --noisolate] [--out out/benchmark]
+    python -m launch.benchmark --preset var_d16_cpu --reference_src /path/to/VAR   # vs PyTorch
 
 Random parameters (throughput and memory do not depend on the values); rows VAR, then VIAR per
 iteration schedule and KV-cache mode. Writes benchmark.md, benchmark.json and benchmark.png under
---out; see viar_jax.bench.sampling for what each column measures.
+--out; see viar_jax.bench.sampling for what each column measures. Then the table against the official
+PyTorch sampler (--reference_src, a FoundationVision/VAR checkout, with the `torch` extra installed),
+or its JAX-only rows without them.
 """
 import os
 
@@ -28,6 +31,12 @@ _QUICK = flags.DEFINE_bool('quick', False, 'tiny models and schedules (smoke tes
 _ISOLATE = flags.DEFINE_bool('isolate', None,
                              'one fresh subprocess per row, for device peak memory (default on GPU/TPU)')
 _OUT = flags.DEFINE_string('out', 'out/benchmark', 'output directory')
+_PRESET = flags.DEFINE_enum('preset', None, list(sampling.PRESETS),
+                            'named shapes (var_d16_cpu: VAR-d16 / VIAR 3+1+3, batch 4, fp32, VQ-VAE '
+                            'ch 160 at 256px); explicit flags override')
+_REFERENCE_SRC = flags.DEFINE_string('reference_src', None,
+                                     'FoundationVision/VAR checkout to time the PyTorch sampler against '
+                                     '(needs torch); JAX-only rows without it')
 
 
 def main(argv):
@@ -38,8 +47,8 @@ def main(argv):
   settings = sampling.resolve(
       depth=_DEPTH.value, embed_dim=_EMBED_DIM.value, batch=_BATCH.value, dtype=_DTYPE.value,
       patch_nums=_PATCH_NUMS.value, vae_ch=_VAE_CH.value, repeats=_REPEATS.value, quick=_QUICK.value,
-      isolate=_ISOLATE.value)
-  sampling.run(settings, _OUT.value)
+      isolate=_ISOLATE.value, preset=_PRESET.value)
+  sampling.run(settings, _OUT.value, reference_src=_REFERENCE_SRC.value)
 
 
 if __name__ == '__main__':

@@ -44,6 +44,14 @@ def test_quick_benchmark_measures_every_row_and_writes_reports(tmp_path):
           > by_label['VIAR 2->2 final_iterate']['kv_cache']['allocated'])
 
   assert '| VAR-d4 |' in (tmp_path / 'benchmark.md').read_text()
+  # No --reference_src: the comparison table has JAX-only rows.
+  comparison = report['comparison']
+  assert [r['label'] for r in comparison['rows']] == [
+      'VAR-d4 whole call incl. 32² decode', 'VQ-VAE decode alone', 'transformer part (difference)'] + [
+      f'VIAR-d4 (1+1+1) {s} {m}, whole call' for s in ('2->2', '2->1')
+      for m in ('per_iteration', 'final_iterate')]
+  assert all(r['reference_s'] is None and r['ours_s'] > 0 for r in comparison['rows'][:2])
+  assert '## Against the PyTorch reference' in (tmp_path / 'benchmark.md').read_text()
   assert report['settings']['patch_nums'] == [1, 2] and not report['settings']['isolate']
   assert len(report['targets']) == 2  # the 2->1 rows stand in for 10->2
 
@@ -55,6 +63,21 @@ def test_settings_check_their_arguments():
     sampling.resolve(quick=True, repeats=0)
   with pytest.raises(ValueError, match='--dtype must be one of'):
     sampling.resolve(quick=True, dtype='float64')
+
+
+def test_preset_fills_the_d16_shapes_and_flags_override_it(tmp_path):
+  s = sampling.resolve(preset='var_d16_cpu')
+  assert (s.depth, s.embed_dim, s.num_heads, s.batch, s.dtype, s.vae_ch, s.vocab_size, s.image_size,
+          s.pre_depth, s.post_depth) == (16, 1024, 16, 4, 'float32', 160, 4096, 256, 3, 3)
+  assert s.schedules == ((10, 10), (10, 2)) and s.cache_modes == ('per_iteration',)
+  assert [r.label for r in sampling.row_specs(s)] == [
+      'VAR', 'VIAR 10->10 per_iteration', 'VIAR 10->2 per_iteration']
+  assert sampling.resolve(preset='var_d16_cpu', batch=2).batch == 2
+  with pytest.raises(ValueError, match='--preset must be one of'):
+    sampling.resolve(preset='var_d99')
+  # Sources that do not import (or no torch): no reference, JAX-only rows, and a line saying why.
+  reference, line = sampling.load_reference(s, str(tmp_path))
+  assert reference is None and 'unavailable' in line
 
 
 def test_jfb_time_table_at_tiny_shapes(capsys):

@@ -19,6 +19,16 @@ the scales) and KV-cache mode (per_iteration, final_iterate). Per row it reports
 Writes benchmark.md, benchmark.json (and benchmark.png with the `plot` extra) under `out`, and
 reports (does not assert) the issue's targets: VIAR 10->2 at >= 2.3x VAR's images/s and <= 0.40x its
 memory.
+
+Against the official PyTorch sampler (`reference_src`, a FoundationVision/VAR checkout, with `torch`
+installed): the VAR row's calls and the reference's `autoregressive_infer_cfg` at the same shapes,
+batch, CFG and top-k/top-p alternate call by call (both see the same machine load; torch on as many
+threads as there are cores), and so do the two VQ-VAE decoders alone. The comparison table has the
+whole call, the decode alone, the transformer part (their difference) and the VIAR rows (JAX only:
+VIAR has no public reference), with the speedup over the reference, our compiled FLOPs and the share
+of the matmul floor (FLOPs / a measured 4096² matmul rate) reached. Without torch or the sources the
+same table has JAX-only rows. Preset `var_d16_cpu`: VAR-d16 shapes (C=1024, 16 heads, vocab 4096,
+VQ-VAE ch 160 at 256px), batch 4, fp32, VIAR 3+implicit+3 at 10->10 and 10->2 (per_iteration).
 """
 import dataclasses
 import json
@@ -34,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from viar_jax import plotting, profiling
+from viar_jax.bench import torch_reference
 from viar_jax.io import released
 from viar_jax.models import factory, transformer, vqvae
 from viar_jax.sample import sampler, schedule
@@ -71,6 +82,7 @@ class Settings:
   top_k: int = 900
   top_p: float = 0.96
   num_classes: int = 1000
+  cache_modes: Tuple[str, ...] = sampler.CACHE_MODES  # VIAR rows per schedule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +101,14 @@ class RowSpec:
 
 # --- settings -------------------------------------------------------------------------------------
 
+# Named shape sets; explicit arguments override them. var_d16_cpu: the released VAR-d16 and its
+# tokenizer at 256px, the shapes of the PyTorch comparison (--reference_src).
+PRESETS = {
+    'var_d16_cpu': dict(depth=16, embed_dim=1024, batch=4, dtype='float32', vae_ch=160,
+                        pre_depth=3, post_depth=3, schedules=((10, 10), (10, 2)),
+                        cache_modes=('per_iteration',)),
+}
+
 
 def _num_heads(embed_dim: int) -> int:
   """VAR's rule keeps 64 channels per head; fall back to the largest head count that divides C."""
@@ -101,13 +121,24 @@ def _num_heads(embed_dim: int) -> int:
 def resolve(*, depth: Optional[int] = None, embed_dim: Optional[int] = None,
             batch: Optional[int] = None, dtype: Optional[str] = None,
             patch_nums: Optional[Sequence[int]] = None, vae_ch: Optional[int] = None,
-            repeats: int = 3, quick: bool = False, isolate: Optional[bool] = None) -> Settings:
+            repeats: int = 3, quick: bool = False, isolate: Optional[bool] = None,
+            preset: Optional[str] = None) -> Settings:
   """Fills the defaults that depend on the backend (or on `quick`) and checks the rest.
 
   None means the default: depth 30; width 64·depth on GPU/TPU, 256 on CPU; batch 8 / 2; dtype
   bfloat16 / float32; the 256px scales; VQ-VAE channels 160 / 32; isolate where the device counts
-  its peak memory. `quick`: tiny models (depth 4, width 64, scales 1-4) and schedules.
+  its peak memory. `quick`: tiny models (depth 4, width 64, scales 1-4) and schedules. `preset`: a
+  name in PRESETS, whose values replace the defaults (explicit arguments still win).
   """
+  if preset is not None and preset not in PRESETS:
+    raise ValueError(f'--preset must be one of {tuple(PRESETS)}, got {preset!r}')
+  if preset is not None and quick:
+    raise ValueError('--preset and --quick exclude each other')
+  fixed = dict(PRESETS.get(preset, {}))
+  depth, embed_dim, batch, dtype, vae_ch = (
+      fixed.pop(name) if value is None and name in fixed else value
+      for name, value in (('depth', depth), ('embed_dim', embed_dim), ('batch', batch),
+                          ('dtype', dtype), ('vae_ch', vae_ch)))
   accelerator = jax.default_backend() != 'cpu'
   pick = lambda value, small, gpu, cpu: value if value is not None else (
       small if quick else (gpu if accelerator else cpu))
@@ -119,7 +150,7 @@ def resolve(*, depth: Optional[int] = None, embed_dim: Optional[int] = None,
     raise ValueError(f'--repeats must be >= 1, got {repeats}')
   if dtype is not None and dtype not in DTYPES:
     raise ValueError(f'--dtype must be one of {DTYPES}, got {dtype!r}')
-  return Settings(
+  settings = Settings(
       depth=depth, pre_depth=1 if quick else 5, post_depth=1 if quick else 5,
       embed_dim=embed_dim, num_heads=_num_heads(embed_dim), batch=pick(batch, 2, 8, 2),
       dtype=pick(dtype, 'float32', 'bfloat16', 'float32'), patch_nums=patch_nums,
@@ -130,18 +161,21 @@ def resolve(*, depth: Optional[int] = None, embed_dim: Optional[int] = None,
       schedules=QUICK_SCHEDULES if quick else SCHEDULES, repeats=repeats,
       isolate=bool(isolate) if isolate is not None else (
           accelerator and profiling.device_peak_bytes() is not None))
+  fixed = {k: v for k, v in fixed.items() if k in ('pre_depth', 'post_depth', 'schedules', 'cache_modes')}
+  return dataclasses.replace(settings, **fixed)
 
 
 def settings_from_json(data: Dict) -> Settings:
   data = dict(data, patch_nums=tuple(data['patch_nums']),
-              schedules=tuple(tuple(s) for s in data['schedules']))
+              schedules=tuple(tuple(s) for s in data['schedules']),
+              cache_modes=tuple(data.get('cache_modes', sampler.CACHE_MODES)))
   return Settings(**data)
 
 
 def row_specs(settings: Settings) -> List[RowSpec]:
   rows = [RowSpec('VAR')]
   for ramp in settings.schedules:
-    for mode in sampler.CACHE_MODES:
+    for mode in settings.cache_modes:
       rows.append(RowSpec('VIAR', tuple(ramp), mode))
   return rows
 
@@ -217,19 +251,36 @@ def kv_cache_bytes(config: transformer.TransformerConfig, batch: int,
 # --- one row --------------------------------------------------------------------------------------
 
 
+def _wall(call) -> float:
+  t0 = time.perf_counter()
+  jax.block_until_ready(call())
+  return time.perf_counter() - t0
+
+
 def time_calls(fn, args, repeats: int) -> List[float]:
   """Wall seconds of `repeats` calls after one untimed warm-up, each blocked on its outputs."""
+  return time_interleaved(fn, args, repeats)[0]
+
+
+def time_interleaved(fn, args, repeats: int, other=None) -> Tuple[List[float], List[float]]:
+  """(ours, other's) wall seconds of `repeats` calls each after one untimed warm-up of each; `other`
+  (a no-argument call, e.g. the PyTorch reference) runs right after each of ours, so that both see
+  the same load of a shared machine. Without `other` its list is empty."""
   jax.block_until_ready(fn(*args))  # first-call allocations, thread pools
-  times = []
+  if other is not None:
+    other()
+  times, other_times = [], []
   for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return times
+    times.append(_wall(lambda: fn(*args)))
+    if other is not None:
+      other_times.append(_wall(other))
+  return times, other_times
 
 
-def measure_row(settings: Settings, spec: RowSpec, models: Dict[str, Tuple]) -> Dict:
-  """Compiles the row's sampler once, reads XLA's memory analysis, times `repeats` calls."""
+def measure_row(settings: Settings, spec: RowSpec, models: Dict[str, Tuple],
+                reference: Optional[Dict] = None) -> Dict:
+  """Compiles the row's sampler once, reads XLA's memory analysis, times `repeats` calls; for VAR
+  with `reference` (see `load_reference`), interleaved with the PyTorch sampler's calls."""
   vae, vae_params = models['VAE']
   model, params = models[spec.model]
   options = sample_options(settings, spec)
@@ -237,9 +288,14 @@ def measure_row(settings: Settings, spec: RowSpec, models: Dict[str, Tuple]) -> 
           sampler.random_labels(jax.random.PRNGKey(1), settings.batch, settings.num_classes))
   # Timing the AOT-compiled executable avoids a second compile on the first jitted call.
   compiled, report = profiling.compile_with_report(sampler.make_sampler(vae, model, options), *args)
-  times = time_calls(compiled, args, settings.repeats)
+  other = None
+  if reference is not None and spec.model == 'VAR':
+    other = torch_reference.sample_call(reference['var'], settings, np.asarray(args[3]))
+  times, reference_times = time_interleaved(compiled, args, settings.repeats, other)
   seconds = statistics.median(times)
-  return {'model': spec.model, 'label': spec.label,
+  return {'reference_times_s': reference_times or None,
+          'reference_seconds': statistics.median(reference_times) if reference_times else None,
+          'model': spec.model, 'label': spec.label,
           'schedule': None if spec.schedule is None else list(spec.schedule),
           'iters': None if options.iters is None else list(options.iters),
           'cache_mode': spec.cache_mode, 'compile_s': report.compile_s, 'times_s': times,
@@ -370,24 +426,118 @@ def describe(settings: Settings) -> str:
 
 
 def write_outputs(out_dir: pathlib.Path, settings: Settings, header: str, table: str, notes: str,
-                  targets_text: str, rows: List[Dict], targets: List[Dict]) -> None:
+                  targets_text: str, rows: List[Dict], targets: List[Dict],
+                  comparison: Optional[Dict] = None) -> None:
   out_dir.mkdir(parents=True, exist_ok=True)
+  versus = '' if comparison is None else f'\n## Against the PyTorch reference\n\n{comparison["text"]}\n'
   (out_dir / 'benchmark.md').write_text(
-      f'# Sampling benchmark\n\n```\n{header}\n```\n\n{table}\n\n{notes}\n\n```\n{targets_text}\n```\n')
+      f'# Sampling benchmark\n\n```\n{header}\n```\n\n{table}\n\n{notes}\n\n```\n{targets_text}\n```\n'
+      + versus)
   (out_dir / 'benchmark.json').write_text(json.dumps(
       {'backend': jax.default_backend(), 'device': jax.devices()[0].device_kind,
        'memory_kind': memory_kind(settings), 'settings': dataclasses.asdict(settings), 'rows': rows,
-       'targets': targets}, indent=1))
+       'targets': targets, 'comparison': comparison}, indent=1))
   plotting.ratio_bars(out_dir / 'benchmark.png', [r['label'] for r in rows],
                       [('images/s vs VAR', [r['speedup_vs_var'] for r in rows]),
                        ('memory vs VAR', [r['memory_vs_var'] for r in rows])])
 
 
+# --- comparison with the PyTorch reference --------------------------------------------------------
+
+
+def load_reference(settings: Settings, src: Optional[str]) -> Tuple[Optional[Dict], str]:
+  """({'vae', 'var'} reference modules at the settings' shapes, or None; a line saying which)."""
+  if not src:
+    return None, 'reference: none given (--reference_src); JAX-only rows'
+  try:
+    vae, var = torch_reference.build(torch_reference.load(src), settings)
+  except torch_reference.ReferenceUnavailable as e:
+    return None, f'reference: unavailable ({e}); JAX-only rows'
+  import torch  # pylint: disable=import-outside-toplevel  (load() succeeded, so torch is there)
+  return {'vae': vae, 'var': var}, (f'reference: PyTorch {torch.__version__} eager, FoundationVision/VAR '
+                                    f'from {src}, {torch.get_num_threads()} threads')
+
+
+def measure_decoder(settings: Settings, models: Dict[str, Tuple],
+                    reference: Optional[Dict] = None) -> Dict:
+  """The VQ-VAE decode alone (post_quant_conv + decoder + clamp of one f̂), ours compiled, interleaved
+  with the reference's `fhat_to_img` where given."""
+  vae, vae_params = models['VAE']
+  n = settings.patch_nums[-1]
+  f_hat = jax.random.normal(jax.random.PRNGKey(0), (settings.batch, n, n, settings.z_channels))
+  decode = jax.jit(lambda p, f: vae.apply({'params': p}, f, method=vqvae.VQVAE.fhat_to_img))
+  compiled, report = profiling.compile_with_report(decode, vae_params, f_hat)
+  other = None if reference is None else torch_reference.decode_call(reference['vae'], settings)
+  times, reference_times = time_interleaved(compiled, (vae_params, f_hat), settings.repeats, other)
+  return {'times_s': times, 'seconds': statistics.median(times), 'flops': report.flops,
+          'reference_times_s': reference_times or None,
+          'reference_seconds': statistics.median(reference_times) if reference_times else None}
+
+
+def matmul_gflops(n: int = 4096, repeats: int = 3) -> float:
+  """This machine's fp32 rate on one n x n matmul (best of `repeats`), the yardstick of the floor."""
+  x = jnp.ones((n, n), jnp.float32)
+  matmul = jax.jit(jnp.matmul).lower(x, x).compile()
+  best = min(time_interleaved(matmul, (x, x), repeats)[0])
+  return 2 * n**3 / best / 1e9
+
+
+def comparison_rows(rows: List[Dict], decoder: Dict, settings: Settings) -> List[Dict]:
+  """The issue's table: VAR whole call, decode alone, transformer part (difference), VIAR rows."""
+  var = next(r for r in rows if r['model'] == 'VAR')
+  both = lambda ours, ref: {'ours_s': ours, 'reference_s': ref,
+                            'speedup': ref / ours if ref and ours else None}
+  ref_transformer = (var['reference_seconds'] - decoder['reference_seconds']
+                     if var['reference_seconds'] and decoder['reference_seconds'] else None)
+  out = [dict(label=f'VAR-d{settings.depth} whole call incl. {settings.image_size}² decode',
+              **both(var['seconds'], var['reference_seconds'])),
+         dict(label='VQ-VAE decode alone', **both(decoder['seconds'], decoder['reference_seconds'])),
+         dict(label='transformer part (difference)',
+              **both(var['seconds'] - decoder['seconds'], ref_transformer))]
+  for r in rows:
+    if r['model'] == 'VIAR':
+      out.append(dict(label=f'VIAR-d{settings.depth} ({settings.pre_depth}+1+{settings.post_depth}) '
+                      f'{r["schedule"][0]}->{r["schedule"][1]} {r["cache_mode"]}, whole call',
+                      **both(r['seconds'], None)))
+  return out
+
+
+def format_comparison(table: List[Dict], var_row: Dict, decoder: Dict, rate_gflops: float,
+                      reference_line: str) -> str:
+  seconds = lambda s: '-' if s is None else f'{s:.2f} s'
+  lines = [reference_line,
+           f'viar-jax: XLA:CPU ({jax.default_backend()}) on {torch_reference.cpu_threads()} cores; '
+           f'medians of interleaved calls',
+           '', '| | PyTorch reference | viar-jax | speedup (reference / ours) |', '|---|---|---|---|']
+  for r in table:
+    speedup = '-' if r['speedup'] is None else f'{r["speedup"]:.2f}x'
+    lines.append(f'| {r["label"]} | {seconds(r["reference_s"])} | {seconds(r["ours_s"])} | {speedup} |')
+  if var_row.get('flops') and rate_gflops:
+    floor = var_row['flops'] / (rate_gflops * 1e9)
+    dec = f', {decoder["flops"] / 1e12:.3g} of it the decoder' if decoder.get('flops') else ''
+    lines += ['', f'Our compiled VAR sampler: {var_row["flops"] / 1e12:.3g} TFLOP per call{dec}; a 4096² '
+              f'fp32 matmul runs at {rate_gflops:.0f} GFLOP/s here, so the floor is {floor:.1f} s and the '
+              f'whole call reaches {floor / var_row["seconds"]:.0%} of it.']
+  return '\n'.join(lines)
+
+
+def run_comparison(rows: List[Dict], decoder: Dict, settings: Settings, reference_line: str) -> Dict:
+  var = next(r for r in rows if r['model'] == 'VAR')
+  table = comparison_rows(rows, decoder, settings)
+  rate = matmul_gflops()
+  text = format_comparison(table, var, decoder, rate, reference_line)
+  return {'rows': table, 'decoder': decoder, 'matmul_gflops': rate, 'reference': reference_line,
+          'text': text}
+
+
 # --- driver ---------------------------------------------------------------------------------------
 
 
-def run(settings: Settings, out) -> List[Dict]:
+def run(settings: Settings, out, reference_src: Optional[str] = None) -> List[Dict]:
   """The whole benchmark: prints progress and the table, writes reports to `out`; returns the rows.
+
+  Then the comparison table (see the module doc): against the PyTorch reference where
+  `reference_src` and torch import, JAX-only rows otherwise.
 
   An isolated run should start with XLA_PYTHON_CLIENT_PREALLOCATE=false (launch.benchmark sets it):
   a parent holding most of the accelerator's memory would starve its row subprocesses.
@@ -397,13 +547,18 @@ def run(settings: Settings, out) -> List[Dict]:
   header = describe(settings)
   print(header, flush=True)
   specs = row_specs(settings)
+  reference, reference_line = load_reference(settings, reference_src)
+  print(reference_line, flush=True)
   models = None if settings.isolate else build_models(settings)
   if models is not None:
     print('params: ' + ', '.join(f'{n} {param_bytes(p) / MIB:.1f} MiB' for n, (_, p) in models.items()),
           flush=True)
   rows = []
   for i, spec in enumerate(specs, 1):
-    row = run_isolated(settings, spec) if settings.isolate else measure_row(settings, spec, models)
+    if settings.isolate:  # the reference shares no process with an isolated row
+      row = run_isolated(settings, spec)
+    else:
+      row = measure_row(settings, spec, models, reference)
     rows.append(row)
     print(f'[{i}/{len(specs)}] {spec.label}: compile {row["compile_s"]:.1f} s, '
           f'{row["images_per_s"]:.3f} images/s (median of {settings.repeats}), memory '
@@ -413,7 +568,10 @@ def run(settings: Settings, out) -> List[Dict]:
   targets = check_targets(rows, settings)
   targets_text = format_targets(targets, settings)
   print(f'\n{table}\n\n{notes}\n')
-  write_outputs(out, settings, header, table, notes, targets_text, rows, targets)
+  decoder = measure_decoder(settings, models or build_models(settings, names=()), reference)
+  comparison = run_comparison(rows, decoder, settings, reference_line)
+  print(comparison['text'] + '\n')
+  write_outputs(out, settings, header, table, notes, targets_text, rows, targets, comparison)
   print(f'wrote {out / "benchmark.md"} and benchmark.json; total '
         f'{time.perf_counter() - start:.0f} s\n')
   print(targets_text)
