@@ -74,3 +74,19 @@ def fast_compiles():
   jax.config.update('jax_disable_most_optimizations', True)
   yield
   jax.config.update('jax_disable_most_optimizations', False)
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  """A TFDS directory for the digits, prepared on first use (per test module)."""
+  return tmp_path_factory.mktemp('tfds')
+
+
+@pytest.fixture(scope='module')
+def digits_evaluator(request, tmp_path_factory, data_dir):
+  """The seed-0 digits classifier from pytest's cache (test_digits_eval stores it), trained if
+  missing."""
+  from viar_jax.eval import digits_eval  # pylint: disable=import-outside-toplevel
+  cache = getattr(request.config, 'cache', None)
+  cache_dir = cache.mkdir('viar_jax_digits_classifier') if cache else tmp_path_factory.mktemp('clf')
+  return digits_eval.DigitsEvaluator(digits_eval.load_classifier(0, cache_dir, data_dir), data_dir, 0)

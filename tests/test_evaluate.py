@@ -25,19 +25,6 @@ VAR = transformer.TransformerConfig(**TINY)
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp('tfds')
-
-
-@pytest.fixture(scope='module')
-def digits_evaluator(request, tmp_path_factory, data_dir):
-  """The seed-0 classifier from pytest's cache (test_digits_eval stores it), trained if missing."""
-  cache = getattr(request.config, 'cache', None)
-  cache_dir = cache.mkdir('viar_jax_digits_classifier') if cache else tmp_path_factory.mktemp('clf')
-  return digits_eval.DigitsEvaluator(digits_eval.load_classifier(0, cache_dir, data_dir), data_dir, 0)
-
-
-@pytest.fixture(scope='module')
 def workdirs(tmp_path_factory):
   """Training-workdir layout (model/, tokenizer/) with random weights, VIAR and VAR."""
   root = tmp_path_factory.mktemp('runs')

@@ -9,7 +9,7 @@ import pytest
 
 from configs import digits
 from viar_jax import plotting
-from viar_jax.eval import digits_eval, quality_curve, study
+from viar_jax.eval import quality_curve, study
 from viar_jax.io import checkpoint
 from viar_jax.models import factory, vqvae
 
@@ -183,19 +183,6 @@ def test_the_evaluation_cache_is_keyed_by_the_settings(tmp_path):
 
 
 # --- end to end ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp('tfds')
-
-
-@pytest.fixture(scope='module')
-def digits_evaluator(request, tmp_path_factory, data_dir):
-  """The seed-0 classifier from pytest's cache (test_digits_eval stores it), trained if missing."""
-  cache = getattr(request.config, 'cache', None)
-  cache_dir = cache.mkdir('viar_jax_digits_classifier') if cache else tmp_path_factory.mktemp('clf')
-  return digits_eval.DigitsEvaluator(digits_eval.load_classifier(0, cache_dir, data_dir), data_dir, 0)
 
 
 @pytest.mark.slow
