@@ -7,6 +7,7 @@ from viar_jax.bench import device_check
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures('fast_compiles')  # 7 programs at tiny shapes: plumbing, not numerics
 def test_device_check_rows_at_tiny_shapes(tmp_path):
   rows = device_check.run(tmp_path, depths=(30,), tiny=True)
   assert [(r['kind'], r['label'], r['batch']) for r in rows] == [
