@@ -151,6 +151,8 @@ def run(out, metric_names: Sequence[str], *, samples: Optional[str] = None, samp
                        f'images; {sample_args["model_ckpt"]} samples {size}x{size}')
   out = pathlib.Path(out)
   t0 = time.perf_counter()
+  if samples is not None and not runtime.is_primary():  # nothing to sample: process 0 scores
+    return None
   if samples is None:
     if not sample_args:
       raise ValueError('give a samples .npz or the checkpoints to sample from')
