@@ -281,3 +281,15 @@ def test_codebook_step_wraps_the_gan_step_too():
   assert jax.tree.structure(new) == jax.tree.structure(state)
   assert {'usage_s0', 'perplexity_s2', 'restarted', 'quant_mix', 'd_loss'} <= set(m)
   assert 'code_hits' not in m and all(v.shape == () for v in m.values())
+
+
+def test_bad_codebook_and_ramp_settings_are_named():
+  from viar_jax.train import tokenizer_loop  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match=r"unknown keys \['windw'\]"):
+    tokenizer_loop.codebook_options({'codebook': {'windw': 5}})
+  with pytest.raises(ValueError, match='window and kmeans_iters must be >= 1'):
+    tokenizer_loop.codebook_options({'codebook': {'window': 0}})
+  with pytest.raises(ValueError, match=r'quant_ramp must be \(start, end\)'):
+    tokenizer_loop.quant_ramp({'quant_ramp': (250, 150)})
+  assert tokenizer_loop.quant_ramp({'quant_ramp': (150, 250)}) == (150, 250)
+  assert tokenizer_loop.quant_ramp({}) is None

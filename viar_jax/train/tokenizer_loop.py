@@ -28,6 +28,7 @@ norm are checked for NaN / inf at every log step (a tenth of the steps, and the 
 every save: a bad value raises `run_io.NonFiniteError` naming the step and metric and that state is
 not saved. Skipped unreadable images are counted in the log (`data_skipped`).
 """
+import dataclasses
 import functools
 import time
 
@@ -165,14 +166,22 @@ def train(c, out_dir, mesh=None, stop: runtime.Stop = None):
 def quant_ramp(t):
   """config.tokenizer.quant_ramp (start, end) steps, or None (absent / empty: no warm-up)."""
   ramp = t.get('quant_ramp', None)
-  return (int(ramp[0]), int(ramp[1])) if ramp else None
+  if not ramp:
+    return None
+  if len(ramp) != 2 or not 0 <= int(ramp[0]) <= int(ramp[1]):
+    raise ValueError(f'config.tokenizer.quant_ramp must be (start, end) steps with 0 <= start <= '
+                     f'end, got {tuple(ramp)}')
+  return int(ramp[0]), int(ramp[1])
 
 
 def codebook_options(t) -> tokenizer_step.CodebookOptions:
   """`config.tokenizer.codebook` (a dict, absent: all off) as `tokenizer_step.CodebookOptions`."""
   options = t.get('codebook', None) or {}
-  return tokenizer_step.CodebookOptions(
-      **(options.to_dict() if hasattr(options, 'to_dict') else dict(options)))
+  options = options.to_dict() if hasattr(options, 'to_dict') else dict(options)
+  unknown = set(options) - {f.name for f in dataclasses.fields(tokenizer_step.CodebookOptions)}
+  if unknown:
+    raise ValueError(f'config.tokenizer.codebook: unknown keys {sorted(unknown)}')
+  return tokenizer_step.CodebookOptions(**options)
 
 
 def write_reconstructions(c, vae, params, images, out_dir):

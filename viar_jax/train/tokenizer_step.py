@@ -317,6 +317,11 @@ class CodebookOptions:
   restart_until: int = -1
   scale_balanced: bool = True
 
+  def __post_init__(self):
+    if self.window < 1 or self.kmeans_iters < 1 or self.restart_every < 0:
+      raise ValueError(f'config.tokenizer.codebook: window and kmeans_iters must be >= 1 and '
+                       f'restart_every >= 0, got {self}')
+
   @property
   def active(self) -> bool:
     return self.kmeans_step >= 0 or self.restart_every > 0
