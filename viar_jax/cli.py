@@ -10,7 +10,8 @@ Anything else is a bug and keeps its traceback.
 
 Compiled programs are cached across runs (JAX's persistent compilation cache) in
 `$JAX_COMPILATION_CACHE_DIR`, else `$XDG_CACHE_HOME/viar_jax/jit` (default ~/.cache/viar_jax/jit):
-a second run of the same launcher with the same shapes skips most of its compile time.
+a second run of the same launcher with the same shapes skips most of its compile time. XLA flags
+measured to be faster on this platform are set before JAX starts (viar_jax/xla_options.py).
 """
 import os
 import pathlib
@@ -19,6 +20,8 @@ from typing import Callable, NoReturn, Sequence
 
 from absl import app, flags
 from absl import logging as absl_logging
+
+from viar_jax import xla_options
 
 # ValueError covers bad values and configs (checkpoint errors derive from it), OSError missing,
 # unreadable and unwritable files, FloatingPointError a run that stopped on a NaN / inf, ImportError
@@ -71,6 +74,7 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
   with exit status 2."""
 
   def guarded(argv):
+    xla_options.use_tuned_flags()
     use_compilation_cache()
     if not _VERBOSE.value:
       # absl's default shows every INFO line of orbax (~15 per checkpoint save and process);

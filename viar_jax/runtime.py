@@ -18,6 +18,8 @@ import jax
 from jax._src.clusters import ClusterEnv  # JAX's own cluster auto-detection (TPU, SLURM, MPI, k8s)
 from jax.experimental import multihost_utils
 
+from viar_jax import xla_options
+
 COORDINATOR_ENV = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID')
 
 
@@ -84,7 +86,7 @@ def summary(mesh=None) -> str:
           f'({jax.local_device_count()} per process; {", ".join(kinds)}{memory})')
   if mesh is not None:
     text += ', mesh ' + ' x '.join(f'{name}={size}' for name, size in mesh.shape.items())
-  return text
+  return f'{text}; {xla_options.summary()}'
 
 
 class Stop:

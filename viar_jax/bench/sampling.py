@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from viar_jax import plotting, profiling
+from viar_jax import plotting, profiling, xla_options
 from viar_jax.bench import torch_reference
 from viar_jax.io import released
 from viar_jax.models import factory, transformer, vqvae
@@ -506,8 +506,8 @@ def format_comparison(table: List[Dict], var_row: Dict, decoder: Dict, rate_gflo
                       reference_line: str) -> str:
   seconds = lambda s: '-' if s is None else f'{s:.2f} s'
   lines = [reference_line,
-           f'viar-jax: XLA:CPU ({jax.default_backend()}) on {torch_reference.cpu_threads()} cores; '
-           f'medians of interleaved calls',
+           f'viar-jax: XLA ({jax.default_backend()}) on {torch_reference.cpu_threads()} cores, '
+           f'{xla_options.summary()}; medians of interleaved calls',
            '', '| | PyTorch reference | viar-jax | speedup (reference / ours) |', '|---|---|---|---|']
   for r in table:
     speedup = '-' if r['speedup'] is None else f'{r["speedup"]:.2f}x'
