@@ -181,7 +181,7 @@ def _cached(implementation, params, x, dtype='float32'):
   """Scale by scale against a preallocated KV cache, as the sampler runs the blocks."""
   mod = _attention_module(implementation, dtype)
   b, l, _ = x.shape
-  bufs = [jnp.zeros((b, l, HEADS, HEAD_DIM), jnp.dtype(dtype))] * 2
+  bufs = [jnp.zeros((b, HEADS, l, HEAD_DIM), jnp.dtype(dtype))] * 2
   outs = []
   for begin, end in transformer.TransformerConfig(patch_nums=SMALL).scale_bounds:
     o, (bufs[0], bufs[1], _) = mod.apply({'params': params}, x[:, begin:end], None, True,
@@ -203,6 +203,29 @@ def test_xla_with_the_kv_cache_matches_teacher_forcing():
   _close(_cached('xla', params, x), want, 1e-5)
   _close(_cached('auto', params, x), want, 1e-5)  # 'auto' is XLA on the CPU
   _close(_teacher_forced('auto', params, x), want, 0)
+
+
+def test_cached_attention_is_jaxs_attention_on_a_head_major_cache():
+  """With a key mask (VIAR's per-iteration cache) and unscaled logits, fp32 and bf16."""
+  q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (2, s, HEADS, HEAD_DIM))
+             for i, s in ((0, 5), (1, 9), (2, 9)))
+  mask = jnp.arange(9)[None] % 3 != 1  # (1, S): every third key hidden
+  for dtype, tol in (('float32', 1e-5), ('bfloat16', 2e-2)):
+    q_, k_, v_ = (a.astype(dtype) for a in (q, k, v))
+    want = jax.nn.dot_product_attention(q_, k_, v_, mask=mask[None, None], scale=0.3,
+                                        implementation='xla')
+    got = blocks.cached_attention(q_, jnp.swapaxes(k_, 1, 2), jnp.swapaxes(v_, 1, 2), mask, 0.3)
+    assert got.dtype == want.dtype
+    _close(got.astype(jnp.float32), want.astype(jnp.float32), tol)
+
+
+def test_a_cache_in_the_wrong_layout_is_an_error():
+  params, x = _attention_params()
+  mod = _attention_module('xla', 'float32')
+  b, l, _ = x.shape
+  sequence_major = jnp.zeros((b, l, HEADS, HEAD_DIM))
+  with pytest.raises(ValueError, match=r'KV cache buffers must be \(B, H, S, d\)'):
+    mod.apply({'params': params}, x[:, :1], None, True, (sequence_major, sequence_major, 0))
 
 
 def test_splash_matches_xla_on_the_block_causal_mask():

@@ -3,13 +3,15 @@
 Shapes: x_BLC tokens, cond_BD class condition (D = C), mask_LS boolean (True = may attend).
 Parameter names follow the reference state dict (`attn.mat_qkv`, `ffn.fc1`, `ada_lin`, ...).
 
-KV cache (sampling): `cache = (k_BSHd, v_BSHd, start)` with preallocated buffers; the block writes this
+KV cache (sampling): `cache = (k_BHSd, v_BHSd, start)` with preallocated buffers; the block writes this
 call's keys/values at [start, start + L) and attends to [0, start + L). `start` is a Python int, so
-every scale is a static slice.
+every scale is a static slice. Head-major buffers let both attention dots read the cache without
+transposing it (`cached_attention`).
 
 Attention implementation (`TransformerConfig.attn_implementation`, resolved per call at trace time by
 `resolve_attention`):
-  'xla'     jax.nn.dot_product_attention's XLA path; every backend, dtype and call.
+  'xla'     jax.nn.dot_product_attention's XLA path (KV-cache calls: `cached_attention`, the same
+            math arranged for the head-major cache); every backend, dtype and call.
   'cudnn'   cuDNN fused (flash) attention via jax.nn.dot_product_attention; CUDA GPUs, bfloat16 or
             float16, head dim a multiple of 8 (<= 128 before Hopper, <= 256 from Hopper on). The
             block-causal mask goes in as a bias; as cuDNN's backward with a bias needs even lengths,
@@ -169,6 +171,23 @@ def cudnn_attention(q_BLHd, k_BSHd, v_BSHd, mask, scale: float, cached: bool = F
                                       implementation='cudnn')
 
 
+def cached_attention(q_BlHd, k_BHSd, v_BHSd, mask_lS, scale: float):
+  """Queries of one scale against the KV cache, on XLA -> (B, l, H, d).
+
+  jax.nn.dot_product_attention's math (fp32 logits and softmax) arranged for XLA:CPU: the keys are
+  head-major, so neither dot transposes the cache, and the softmax is normalised after the value
+  product (a division of the (B, l, H, d) output, not of the (B, H, l, S) probabilities). 1.6x its
+  XLA path at VAR-d16 sampling shapes on CPU. mask_lS: None or broadcastable to (l, S).
+  """
+  logits = jnp.einsum('blhd,bhsd->bhls', q_BlHd, k_BHSd, preferred_element_type=jnp.float32) * scale
+  if mask_lS is not None:
+    logits = jnp.where(mask_lS, logits, -jnp.inf)
+  weights = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+  o = jnp.einsum('bhls,bhsd->blhd', weights.astype(v_BHSd.dtype), v_BHSd,
+                 preferred_element_type=jnp.float32)
+  return (o / jnp.swapaxes(jnp.sum(weights, axis=-1), 1, 2)[..., None]).astype(q_BlHd.dtype)
+
+
 def splash_mask(patch_nums, length: int, block: int = SPLASH_BLOCK) -> np.ndarray:
   """(Lp, Lp) bool, Lp = length rounded up to `block`: the block-causal mask of the scale prefix
   [0, length) (a scale end), padded keys masked out, padded queries attending every real key."""
@@ -310,17 +329,32 @@ class SelfAttention(nn.Module):
       logit_scale = 1.0
     else:
       logit_scale = 0.25 / math.sqrt(d)
+    proj = nn.Dense(c, dtype=self.dtype, name='proj',
+                    kernel_init=trunc_normal(self.init_std, self.proj_init_factor))
+    project = lambda o: nn.Dropout(self.proj_drop_rate)(
+        proj(o.reshape(b, l, c)), deterministic=deterministic or self.proj_drop_rate == 0)
 
-    new_cache = None
     if cache is not None:
       k_buf, v_buf, start = cache
-      k_buf = jax.lax.dynamic_update_slice_in_dim(k_buf, k.astype(k_buf.dtype), start, axis=1)
-      v_buf = jax.lax.dynamic_update_slice_in_dim(v_buf, v.astype(v_buf.dtype), start, axis=1)
-      new_cache = (k_buf, v_buf, start + l)
-      k, v = k_buf[:, :start + l].astype(q.dtype), v_buf[:, :start + l].astype(q.dtype)
+      if k_buf.shape != v_buf.shape or k_buf.shape[:2] != (b, h) or k_buf.shape[3] != d or \
+          k_buf.shape[2] < start + l:
+        raise ValueError(f'KV cache buffers must be (B, H, S, d) = ({b}, {h}, >= {start + l}, {d}), '
+                         f'got keys {k_buf.shape} and values {v_buf.shape}')
+      write = lambda buf, a: jax.lax.dynamic_update_slice_in_dim(
+          buf, jnp.swapaxes(a, 1, 2).astype(buf.dtype), start, axis=2)
+      k_buf, v_buf = write(k_buf, k), write(v_buf, v)
+      k, v = k_buf[:, :, :start + l].astype(q.dtype), v_buf[:, :, :start + l].astype(q.dtype)
+      impl = resolve_attention(self.implementation, attention_backend(), self.dtype, head_dim=d,
+                               cached=True)
+      if impl == 'cudnn':
+        o = cudnn_attention(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), mask_LS, logit_scale,
+                            cached=True)
+      else:
+        o = cached_attention(q, k, v, mask_LS, logit_scale)
+      return project(o), (k_buf, v_buf, start + l)
 
     impl = resolve_attention(self.implementation, attention_backend(), self.dtype, head_dim=d,
-                             cached=cache is not None, per_device=splash_runs_per_device(b))
+                             per_device=splash_runs_per_device(b))
     if impl == 'splash' and (mask_LS is None or self.patch_nums is None):
       impl = 'xla'  # the kernel's mask is the block-causal one of patch_nums
     if self.attn_drop_rate > 0 and not deterministic:
@@ -336,14 +370,11 @@ class SelfAttention(nn.Module):
           raise ValueError('splash attention takes the block-causal mask of patch_nums only')
       o = splash_attention(q, k, v, self.patch_nums, logit_scale)
     elif impl == 'cudnn':
-      o = cudnn_attention(q, k, v, mask_LS, logit_scale, cached=cache is not None)
+      o = cudnn_attention(q, k, v, mask_LS, logit_scale)
     else:
       mask = None if mask_LS is None else mask_LS[None, None]
       o = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=logit_scale, implementation='xla')
-    o = nn.Dense(c, dtype=self.dtype, name='proj',
-                 kernel_init=trunc_normal(self.init_std, self.proj_init_factor))(o.reshape(b, l, c))
-    o = nn.Dropout(self.proj_drop_rate)(o, deterministic=deterministic or self.proj_drop_rate == 0)
-    return o if cache is None else (o, new_cache)
+    return project(o)
 
 
 class FFN(nn.Module):

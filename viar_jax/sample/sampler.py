@@ -282,7 +282,7 @@ def _sample(vae, model, options, iters, vae_params, params, key, labels, edit=No
 
   labels_2B = jnp.concatenate([labels, jnp.full_like(labels, c.num_classes)])
   x, cond_BD, cond = call(transformer.Transformer.sample_first, labels_2B)
-  empty = lambda *lead: jnp.zeros(lead + (2 * b, c.seq_len, c.num_heads, head_dim), dtype)
+  empty = lambda *lead: jnp.zeros(lead + (2 * b, c.num_heads, c.seq_len, head_dim), dtype)
   stacks = ('pre_blocks', 'post_blocks') if c.implicit else ('blocks',)
   depth_of = {'blocks': c.depth, 'pre_blocks': c.pre_depth, 'post_blocks': c.post_depth}
   caches = {s: [(empty(), empty()) for _ in range(depth_of[s])] for s in stacks}
