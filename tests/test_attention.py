@@ -219,6 +219,26 @@ def test_cached_attention_is_jaxs_attention_on_a_head_major_cache():
     _close(got.astype(jnp.float32), want.astype(jnp.float32), tol)
 
 
+def test_a_grouped_cache_is_one_group_updated_in_place():
+  """(G, B, H, S, d) buffers with a traced group index (VIAR's per-iteration caches in a loop): the
+  same outputs as that group alone, and the other groups untouched."""
+  params, x = _attention_params()
+  mod = _attention_module('xla', 'float32')
+  b, l, _ = x.shape
+  rng = np.random.default_rng(0)
+  bufs = [jnp.asarray(rng.normal(size=(3, b, HEADS, l, HEAD_DIM)), jnp.float32) for _ in range(2)]
+  step = jax.jit(lambda p, x, k, v, g: mod.apply({'params': p}, x, None, True, (k, v, 4, g)))
+  o, (k_all, v_all, start, group) = step(params, x[:, 4:9], *bufs, 1)
+  want, (k_1, v_1, _) = mod.apply({'params': params}, x[:, 4:9], None, True,
+                                  (bufs[0][1], bufs[1][1], 4))
+  _close(o, want, 1e-6)
+  assert start == 9 and int(group) == 1
+  for got, before, group_1 in ((k_all, bufs[0], k_1), (v_all, bufs[1], v_1)):
+    np.testing.assert_array_equal(got[1], group_1)
+    others = lambda a: np.delete(np.asarray(a), 1, axis=0)
+    np.testing.assert_array_equal(others(got), others(before))
+
+
 def test_a_cache_in_the_wrong_layout_is_an_error():
   params, x = _attention_params()
   mod = _attention_module('xla', 'float32')
@@ -226,6 +246,8 @@ def test_a_cache_in_the_wrong_layout_is_an_error():
   sequence_major = jnp.zeros((b, l, HEADS, HEAD_DIM))
   with pytest.raises(ValueError, match=r'KV cache buffers must be \(B, H, S, d\)'):
     mod.apply({'params': params}, x[:, :1], None, True, (sequence_major, sequence_major, 0))
+  with pytest.raises(ValueError, match=r'must be \(G, B, H, S, d\) with a group index'):
+    mod.apply({'params': params}, x[:, :1], None, True, (sequence_major, sequence_major, 0, 0))
 
 
 def test_splash_matches_xla_on_the_block_causal_mask():

@@ -6,7 +6,8 @@ Parameter names follow the reference state dict (`attn.mat_qkv`, `ffn.fc1`, `ada
 KV cache (sampling): `cache = (k_BHSd, v_BHSd, start)` with preallocated buffers; the block writes this
 call's keys/values at [start, start + L) and attends to [0, start + L). `start` is a Python int, so
 every scale is a static slice. Head-major buffers let both attention dots read the cache without
-transposing it (`cached_attention`).
+transposing it (`cached_attention`). A grouped cache `(k_GBHSd, v_GBHSd, start, g)` does the same in
+group g (a traced index: VIAR's per-iteration caches, updated in place inside the iteration loop).
 
 Attention implementation (`TransformerConfig.attn_implementation`, resolved per call at trace time by
 `resolve_attention`):
@@ -47,7 +48,7 @@ if TYPE_CHECKING:  # blocks only read its fields; the transformer module imports
   from viar_jax.models.transformer import TransformerConfig
 
 MAX_SCALE_MUL = float(np.log(np.float32(100.0)))  # the reference clamps the log-scale at ln 100
-Cache = Tuple[jax.Array, jax.Array, int]
+Cache = tuple  # (k, v, start) or (k, v, start, group), see the module doc
 
 ATTN_IMPLEMENTATIONS = ('auto', 'xla', 'cudnn', 'splash')
 HALF_DTYPES = ('bfloat16', 'float16')
@@ -335,15 +336,23 @@ class SelfAttention(nn.Module):
         proj(o.reshape(b, l, c)), deterministic=deterministic or self.proj_drop_rate == 0)
 
     if cache is not None:
-      k_buf, v_buf, start = cache
-      if k_buf.shape != v_buf.shape or k_buf.shape[:2] != (b, h) or k_buf.shape[3] != d or \
-          k_buf.shape[2] < start + l:
-        raise ValueError(f'KV cache buffers must be (B, H, S, d) = ({b}, {h}, >= {start + l}, {d}), '
-                         f'got keys {k_buf.shape} and values {v_buf.shape}')
-      write = lambda buf, a: jax.lax.dynamic_update_slice_in_dim(
-          buf, jnp.swapaxes(a, 1, 2).astype(buf.dtype), start, axis=2)
+      k_buf, v_buf, start, *group = cache
+      groups = (1,) * len(group)  # a grouped cache has a leading group axis, indexed by `group`
+      layout = ('(G, B, H, S, d) with a group index' if group else '(B, H, S, d)')
+      bhd = (*k_buf.shape[len(group):len(group) + 2], k_buf.shape[-1])
+      if k_buf.shape != v_buf.shape or k_buf.ndim != 4 + len(group) or bhd != (b, h, d) or \
+          k_buf.shape[-2] < start + l:
+        raise ValueError(f'KV cache buffers must be {layout}, (B, H, d) = ({b}, {h}, {d}) and '
+                         f'S >= {start + l}; got keys {k_buf.shape} and values {v_buf.shape}')
+      # In place, also under a loop over groups: only this group's prefix is read.
+      write = lambda buf, a: jax.lax.dynamic_update_slice(
+          buf, jnp.swapaxes(a, 1, 2).astype(buf.dtype).reshape(groups + (b, h, l, d)),
+          (*group, 0, 0, start, 0))
+      read = lambda buf: jax.lax.dynamic_slice(
+          buf, (*group, 0, 0, 0, 0), groups + (b, h, start + l, d)).reshape(
+              b, h, start + l, d).astype(q.dtype)
       k_buf, v_buf = write(k_buf, k), write(v_buf, v)
-      k, v = k_buf[:, :, :start + l].astype(q.dtype), v_buf[:, :, :start + l].astype(q.dtype)
+      k, v = read(k_buf), read(v_buf)
       impl = resolve_attention(self.implementation, attention_backend(), self.dtype, head_dim=d,
                                cached=True)
       if impl == 'cudnn':
@@ -351,7 +360,7 @@ class SelfAttention(nn.Module):
                             cached=True)
       else:
         o = cached_attention(q, k, v, mask_LS, logit_scale)
-      return project(o), (k_buf, v_buf, start + l)
+      return project(o), (k_buf, v_buf, start + l, *group)
 
     impl = resolve_attention(self.implementation, attention_backend(), self.dtype, head_dim=d,
                              per_device=splash_runs_per_device(b))

@@ -362,11 +362,8 @@ def _per_iteration(implicit, variables, x, cond, cache, start, k, n, key_mask, o
   def body(i, state):
     z, _, k_all, v_all = state
     mask = jax.lax.dynamic_index_in_dim(key_mask, i, keepdims=False)[k, :start + l][None]
-    k_i = jax.lax.dynamic_index_in_dim(k_all, i, keepdims=False)
-    v_i = jax.lax.dynamic_index_in_dim(v_all, i, keepdims=False)
-    z_new, (k_i, v_i, _) = implicit.apply(variables, z, x, cond, mask, True, (k_i, v_i, start))
-    k_all = jax.lax.dynamic_update_index_in_dim(k_all, k_i, i, 0)
-    v_all = jax.lax.dynamic_update_index_in_dim(v_all, v_i, i, 0)
+    z_new, (k_all, v_all, *_) = implicit.apply(variables, z, x, cond, mask, True,
+                                               (k_all, v_all, start, i))
     return z_new, z, k_all, v_all
 
   z, z_prev, k_all, v_all = jax.lax.fori_loop(0, n, body, (x, x, k_all, v_all))
