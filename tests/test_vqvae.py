@@ -1,13 +1,14 @@
 """Tokenizer behaviour beyond the parity numbers: configs, bad input, Φ selection, training forward."""
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from viar_jax.io import convert
-from viar_jax.models import factory, quantizer, vqvae
+from viar_jax.models import factory, quantizer, vae_nets, vqvae
 
 TINY = vqvae.VQVAEConfig(vocab_size=32, z_channels=4, ch=32, ch_mult=(1, 2), num_res_blocks=1,
                          image_size=8, patch_nums=(1, 2, 4))
@@ -187,3 +188,19 @@ def test_training_forward_straight_through_and_gradients(tiny):
 
 def optax_global_norm(tree):
   return jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(tree)))
+
+
+def test_upsample_is_nearest_x2_then_the_3x3_conv():
+  """The sub-pixel form: same parameters (names, shapes, initial values) as nn.Conv, same outputs up
+  to fp32 rounding, on a non-square input with channels in != out."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 7, 6))
+  conv = nn.Conv(4, (3, 3), padding=((1, 1), (1, 1)))
+  sub = vae_nets.UpsampledConv3x3(4)
+  params = sub.init(jax.random.PRNGKey(1), x)
+  reference_params = conv.init(jax.random.PRNGKey(1), jnp.zeros((2, 10, 14, 6)))
+  jax.tree.map(np.testing.assert_array_equal, params, reference_params)
+  params = jax.tree.map(lambda p: p + 0.1, params)  # a non-zero bias too
+  want = conv.apply(params, jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
+  got = sub.apply(params, x)
+  assert got.shape == (2, 10, 14, 4)
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)

@@ -24,8 +24,9 @@ Against the official PyTorch sampler (`reference_src`, a FoundationVision/VAR ch
 installed): the VAR row's calls and the reference's `autoregressive_infer_cfg` at the same shapes,
 batch, CFG and top-k/top-p alternate call by call (both see the same machine load; torch on as many
 threads as there are cores), and so do the two VQ-VAE decoders alone. The comparison table has the
-whole call, the decode alone, the transformer part (their difference) and the VIAR rows (JAX only:
-VIAR has no public reference), with the speedup over the reference, our compiled FLOPs and the share
+whole call, the decode alone, the transformer part (their difference) and the VIAR rows (VIAR has
+no public code: its reference is `autoregressive_infer_cfg` with the implicit loop, made of the
+reference's own modules, torch_reference.build_viar; per_iteration rows only), with the speedup over the reference, our compiled FLOPs and the share
 of the matmul floor (FLOPs / a measured 4096² matmul rate) reached. Without torch or the sources the
 same table has JAX-only rows. Preset `var_d16_cpu`: VAR-d16 shapes (C=1024, 16 heads, vocab 4096,
 VQ-VAE ch 160 at 256px), batch 4, fp32, VIAR 3+implicit+3 at 10->10 and 10->2 (per_iteration).
@@ -291,6 +292,9 @@ def measure_row(settings: Settings, spec: RowSpec, models: Dict[str, Tuple],
   other = None
   if reference is not None and spec.model == 'VAR':
     other = torch_reference.sample_call(reference['var'], settings, np.asarray(args[3]))
+  elif reference is not None and spec.cache_mode == 'per_iteration':  # the reference's semantics
+    other = torch_reference.viar_sample_call(reference['viar'], settings, np.asarray(args[3]),
+                                             options.iters)
   times, reference_times = time_interleaved(compiled, args, settings.repeats, other)
   seconds = statistics.median(times)
   return {'reference_times_s': reference_times or None,
@@ -446,16 +450,20 @@ def write_outputs(out_dir: pathlib.Path, settings: Settings, header: str, table:
 
 
 def load_reference(settings: Settings, src: Optional[str]) -> Tuple[Optional[Dict], str]:
-  """({'vae', 'var'} reference modules at the settings' shapes, or None; a line saying which)."""
+  """({'vae', 'var', 'viar'} reference modules at the settings' shapes, or None; a line saying
+  which). 'viar' is made of the reference's modules (torch_reference.build_viar)."""
   if not src:
     return None, 'reference: none given (--reference_src); JAX-only rows'
   try:
-    vae, var = torch_reference.build(torch_reference.load(src), settings)
+    ref = torch_reference.load(src)
+    vae, var = torch_reference.build(ref, settings)
   except torch_reference.ReferenceUnavailable as e:
     return None, f'reference: unavailable ({e}); JAX-only rows'
   import torch  # pylint: disable=import-outside-toplevel  (load() succeeded, so torch is there)
-  return {'vae': vae, 'var': var}, (f'reference: PyTorch {torch.__version__} eager, FoundationVision/VAR '
-                                    f'from {src}, {torch.get_num_threads()} threads')
+  return ({'vae': vae, 'var': var, 'viar': torch_reference.build_viar(ref, vae, settings)},
+          f'reference: PyTorch {torch.__version__} eager, FoundationVision/VAR from {src}, '
+          f'{torch.get_num_threads()} threads (VIAR: its sampler with the implicit loop, of the '
+          f'same modules; VIAR has no public code)')
 
 
 def measure_decoder(settings: Settings, models: Dict[str, Tuple],
@@ -498,7 +506,7 @@ def comparison_rows(rows: List[Dict], decoder: Dict, settings: Settings) -> List
     if r['model'] == 'VIAR':
       out.append(dict(label=f'VIAR-d{settings.depth} ({settings.pre_depth}+1+{settings.post_depth}) '
                       f'{r["schedule"][0]}->{r["schedule"][1]} {r["cache_mode"]}, whole call',
-                      **both(r['seconds'], None)))
+                      **both(r['seconds'], r['reference_seconds'])))
   return out
 
 
