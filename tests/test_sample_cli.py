@@ -135,7 +135,10 @@ def test_edit_mask_image_marks_token_cells(tmp_path):
 @pytest.mark.slow
 def test_images_do_not_depend_on_device_count_or_batch(ckpts, tmp_path):
   """Per-image keys: 1 device x 4 a call, 4 devices x 1, and 2 devices x 3 (the last call padded)
-  give the same images for the same seed; another seed gives others."""
+  give the same images for the same seed; another seed gives others. "The same" up to one level of
+  8-bit rounding on a few pixels: XLA:CPU convolutions are not bitwise invariant to the batch size
+  at every shape (a 3x3 conv at 4 x 4 x 32 differs by 2e-6 between batch 1 and 4), so a decoded
+  value on a rounding boundary may land one level apart."""
   vae_dir, model_dir, _ = ckpts
   opts = sampler.SampleOptions(top_k=8, top_p=0.9, iters=(2, 2, 1))
   runs = {}
@@ -145,7 +148,8 @@ def test_images_do_not_depend_on_device_count_or_batch(ckpts, tmp_path):
                             devices=jax.devices()[:devices])
     with np.load(res['npz']) as z:
       runs[name] = (z['arr_0'], z['arr_1'])
+  difference = lambda name: np.abs(runs[name][0].astype(int) - runs['1x4'][0])
   for name in ('4x1', '2x3'):
-    np.testing.assert_array_equal(runs[name][0], runs['1x4'][0], err_msg=name)
+    assert difference(name).max() <= 1 and np.mean(difference(name) > 0) < 1e-3, name
     np.testing.assert_array_equal(runs[name][1], [0, 0, 2, 2])
-  assert np.abs(runs['seed4'][0].astype(int) - runs['1x4'][0]).max() > 0
+  assert difference('seed4').max() > 16
