@@ -7,8 +7,9 @@
 Random parameters (throughput and memory do not depend on the values); rows VAR, then VIAR per
 iteration schedule and KV-cache mode. Writes benchmark.md, benchmark.json and benchmark.png under
 --out; see viar_jax.bench.sampling for what each column measures. Then the table against the official
-PyTorch sampler (--reference_src, a FoundationVision/VAR checkout, with the `torch` extra installed),
-or its JAX-only rows without them.
+PyTorch sampler (--reference_src, a FoundationVision/VAR checkout, with the `torch` extra installed;
+VIAR rows against that sampler with the implicit loop, made of its modules), or its JAX-only rows
+without them. On CPU the launcher's XLA flags apply (viar_jax/xla_options.py; the table says which).
 """
 import os
 
