@@ -219,6 +219,28 @@ def test_cached_attention_is_jaxs_attention_on_a_head_major_cache():
     _close(got.astype(jnp.float32), want.astype(jnp.float32), tol)
 
 
+def test_softmax_shifted_by_the_logit_bound_equals_the_row_max_shift():
+  """l2-normalised attention (|logit| <= the head's scale): shifting by the bound gives the row-max
+  result; with a bound above MAX_SOFTMAX_SHIFT the row max is used, where the bound would underflow
+  every weight of a row (q opposite to every key: logits -90, exp(-90 - 90) = 0 in fp32)."""
+  unit = lambda a: a / jnp.linalg.norm(a, axis=-1, keepdims=True)
+  q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (2, s, HEADS, HEAD_DIM))
+             for i, s in ((0, 5), (1, 9), (2, 9)))
+  mask = jnp.arange(9)[None] % 3 != 1
+  scale_H = jnp.linspace(2.0, 30.0, HEADS)
+  q, k_BHSd, v_BHSd = unit(q) * scale_H[:, None], jnp.swapaxes(unit(k), 1, 2), jnp.swapaxes(v, 1, 2)
+  want = blocks.cached_attention(q, k_BHSd, v_BHSd, mask, 1.0)
+  _close(jax.jit(blocks.cached_attention, static_argnums=4)(q, k_BHSd, v_BHSd, mask, 1.0, scale_H),
+         want, 1e-6)
+  opposite = jnp.broadcast_to(-k_BHSd[:, :, :1], k_BHSd.shape)  # every key = -q / |q|
+  q_far = jnp.broadcast_to(jnp.swapaxes(k_BHSd[:, :, :1], 1, 2), q.shape) * 90.0
+  bound_H = jnp.full((HEADS,), 90.0)
+  assert float(jnp.exp(jnp.float32(-90.0) - 90.0)) == 0.0  # what the bound shift would give
+  got = blocks.cached_attention(q_far, opposite, v_BHSd, None, 1.0, bound_H)
+  _close(got, blocks.cached_attention(q_far, opposite, v_BHSd, None, 1.0), 1e-6)
+  assert np.isfinite(np.asarray(got)).all()
+
+
 def test_a_grouped_cache_is_one_group_updated_in_place():
   """(G, B, H, S, d) buffers with a traced group index (VIAR's per-iteration caches in a loop): the
   same outputs as that group alone, and the other groups untouched."""
