@@ -52,8 +52,10 @@ def start(workdir, processes: int, *flags):
   """`python -m launch.train` as `processes` processes with 4 / processes CPU devices each."""
   env = {k: v for k, v in os.environ.items() if not k.startswith('JAX_') or
          k == 'JAX_COMPILATION_CACHE_DIR'}  # the session's compile cache, shared across runs
+  # Unoptimised XLA (as under the `fast_compiles` fixture) in every run: this tests the runtime, not
+  # numerics, and the runs compare with each other.
   env.update(XLA_FLAGS=f'--xla_force_host_platform_device_count={4 // processes}',
-             JAX_PLATFORMS='cpu')
+             JAX_PLATFORMS='cpu', JAX_DISABLE_MOST_OPTIMIZATIONS='1')
   if processes > 1:
     env.update(JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{free_port()}',
                JAX_NUM_PROCESSES=str(processes))
