@@ -181,12 +181,13 @@ def cached_attention(q_BlHd, k_BHSd, v_BHSd, mask_lS, scale: float, logit_bound_
 
   jax.nn.dot_product_attention's math (fp32 logits and softmax) arranged for XLA:CPU: the keys are
   head-major, so neither dot transposes the cache, and the softmax is normalised after the value
-  product (a division of the (B, l, H, d) output, not of the (B, H, l, S) probabilities). 1.7x its
+  product (a division of the (B, H, l, d) output, not of the (B, H, l, S) probabilities). 1.7x its
   XLA path at VAR-d16 sampling shapes on CPU. mask_lS: None or broadcastable to (l, S).
 
   logit_bound_H: None, or (H,) bounds with |logit| <= bound_h in head h (l2-normalised attention:
   the head's scale). Where every bound is <= MAX_SOFTMAX_SHIFT the softmax is shifted by the bound
-  instead of the row max, which saves a reduction over the (B, H, l, S) logits; otherwise (and
+  instead of the row max, which saves a reduction over the (B, H, l, S) logits (122 -> 106 ms at
+  8 x 16 heads x 256 x 680); otherwise (and
   without bounds) by the row max. The shift cancels in the normalisation: same result up to rounding.
   """
   logits = jnp.einsum('blhd,bhsd->bhls', q_BlHd, k_BHSd, preferred_element_type=jnp.float32) * scale
@@ -200,9 +201,12 @@ def cached_attention(q_BlHd, k_BHSd, v_BHSd, mask_lS, scale: float, logit_bound_
     by_bound = lambda: jnp.broadcast_to(bound[:, None, None], logits.shape[:-1] + (1,))
     shift = jax.lax.cond(jnp.all(bound <= MAX_SOFTMAX_SHIFT), by_bound, row_max)
   weights = jnp.exp(logits - shift)
-  o = jnp.einsum('bhls,bhsd->blhd', weights.astype(v_BHSd.dtype), v_BHSd,
-                 preferred_element_type=jnp.float32)
-  return (o / jnp.swapaxes(jnp.sum(weights, axis=-1), 1, 2)[..., None]).astype(q_BlHd.dtype)
+  # Head-major output: the dot writes it contiguously; the (B, l, H, d) transpose fuses into the
+  # normalisation (bit-identical, 153 -> 132 ms per block with its projection at 256 x 680).
+  o_BHld = jnp.einsum('bhls,bhsd->bhld', weights.astype(v_BHSd.dtype), v_BHSd,
+                      preferred_element_type=jnp.float32)
+  o_BHld = o_BHld / jnp.sum(weights, axis=-1, keepdims=True)
+  return jnp.swapaxes(o_BHld, 1, 2).astype(q_BlHd.dtype)
 
 
 def splash_mask(patch_nums, length: int, block: int = SPLASH_BLOCK) -> np.ndarray:
