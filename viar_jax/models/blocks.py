@@ -187,8 +187,8 @@ def cached_attention(q_BlHd, k_BHSd, v_BHSd, mask_lS, scale: float, logit_bound_
   logit_bound_H: None, or (H,) bounds with |logit| <= bound_h in head h (l2-normalised attention:
   the head's scale). Where every bound is <= MAX_SOFTMAX_SHIFT the softmax is shifted by the bound
   instead of the row max, which saves a reduction over the (B, H, l, S) logits (122 -> 106 ms at
-  8 x 16 heads x 256 x 680); otherwise (and
-  without bounds) by the row max. The shift cancels in the normalisation: same result up to rounding.
+  8 x 16 heads x 256 x 680); otherwise (and without bounds) by the row max. The shift cancels in
+  the normalisation: same result up to rounding.
   """
   logits = jnp.einsum('blhd,bhsd->bhls', q_BlHd, k_BHSd, preferred_element_type=jnp.float32) * scale
   if mask_lS is not None:
