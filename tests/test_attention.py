@@ -239,6 +239,13 @@ def test_softmax_shifted_by_the_logit_bound_equals_the_row_max_shift():
   got = blocks.cached_attention(q_far, opposite, v_BHSd, None, 1.0, bound_H)
   _close(got, blocks.cached_attention(q_far, opposite, v_BHSd, None, 1.0), 1e-6)
   assert np.isfinite(np.asarray(got)).all()
+  # The bound is what the softmax is shifted by where it is <= MAX_SOFTMAX_SHIFT: a (wrong) bound of
+  # 0 under logits of +90 overflows exp, so the fast path is the one taken, not the row max.
+  aligned = jnp.broadcast_to(k_BHSd[:, :, :1], k_BHSd.shape)
+  overflow = blocks.cached_attention(q_far, aligned, v_BHSd, None, 1.0, jnp.zeros((HEADS,)))
+  assert not np.isfinite(np.asarray(overflow)).any()
+  with pytest.raises(ValueError, match=rf'one bound per head, shape \({HEADS},\); got \(1,\)'):
+    blocks.cached_attention(q, k_BHSd, v_BHSd, mask, 1.0, scale_H[:1])
 
 
 def test_a_grouped_cache_is_one_group_updated_in_place():

@@ -198,6 +198,9 @@ def cached_attention(q_BlHd, k_BHSd, v_BHSd, mask_lS, scale: float, logit_bound_
     shift = row_max()
   else:
     bound = jnp.asarray(logit_bound_H, jnp.float32)
+    if bound.shape != (k_BHSd.shape[1],):
+      raise ValueError(f'logit_bound_H must hold one bound per head, shape ({k_BHSd.shape[1]},); '
+                       f'got {bound.shape}')
     by_bound = lambda: jnp.broadcast_to(bound[:, None, None], logits.shape[:-1] + (1,))
     shift = jax.lax.cond(jnp.all(bound <= MAX_SOFTMAX_SHIFT), by_bound, row_max)
   weights = jnp.exp(logits - shift)
