@@ -42,7 +42,8 @@ def test_one_process_without_a_cluster(monkeypatch):
   runtime.sync('no-op on one process')
   summary = runtime.summary(jax.make_mesh((4, 2), ('data', 'fsdp')))
   assert summary.startswith('1 process(es), 8 cpu devices (8 per process') and \
-      summary.endswith(f"mesh data=4 x fsdp=2; XLA_FLAGS='{os.environ['XLA_FLAGS']}'")
+      summary.endswith(f"mesh data=4 x fsdp=2; XLA_FLAGS='{os.environ['XLA_FLAGS']}', "
+                       f"GLIBC_TUNABLES='{os.environ.get('GLIBC_TUNABLES', '')}'")
 
 
 def test_stop_after_steps_and_on_sigterm():

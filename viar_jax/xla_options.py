@@ -47,5 +47,6 @@ def use_tuned_flags() -> None:
 
 
 def summary() -> str:
-  """The XLA flags in effect, for start-up logs."""
-  return f"XLA_FLAGS='{os.environ.get('XLA_FLAGS', '')}'"
+  """The XLA flags and glibc tunables in effect (viar_jax/huge_pages.py), for start-up logs."""
+  return (f"XLA_FLAGS='{os.environ.get('XLA_FLAGS', '')}', "
+          f"GLIBC_TUNABLES='{os.environ.get('GLIBC_TUNABLES', '')}'")
