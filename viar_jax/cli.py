@@ -11,7 +11,8 @@ Anything else is a bug and keeps its traceback.
 Compiled programs are cached across runs (JAX's persistent compilation cache) in
 `$JAX_COMPILATION_CACHE_DIR`, else `$XDG_CACHE_HOME/viar_jax/jit` (default ~/.cache/viar_jax/jit):
 a second run of the same launcher with the same shapes skips most of its compile time. XLA flags
-measured to be faster on this platform are set before JAX starts (viar_jax/xla_options.py).
+measured to be faster on this platform are set before JAX starts (viar_jax/xla_options.py); before
+that, a launcher process restarted itself with huge-page malloc (launch/__init__.py).
 """
 import os
 import pathlib
