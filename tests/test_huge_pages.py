@@ -48,23 +48,25 @@ def test_this_host_is_described():
   assert libc is None or libc.startswith('glibc ')
 
 
-# A module under launch/ would be a launcher; `runpy` with an explicit argv[0] of '-m' is not what a
-# real `python -m` does, so the check runs a real launcher (--helpshort: absl prints its flags and exits)
-# with a probe (sitecustomize.py): the environment the process ends with, printed at exit.
+# A real launcher process (--helpshort: absl prints its flags and exits) with a probe that prints, at
+# exit, the GLIBC_TUNABLES it ended with (sitecustomize.py runs in the restarted process too).
 PROBE = 'import atexit, os; atexit.register(lambda: print("TUNABLES=" + os.environ.get("GLIBC_TUNABLES", "")))'
+
+
+def launcher_tunables(probe_dir, **env) -> str:
+  clean = {k: v for k, v in os.environ.items() if k not in ('GLIBC_TUNABLES', huge_pages.KEEP_DEFAULTS_ENV)}
+  (probe_dir / 'sitecustomize.py').write_text(PROBE)
+  path = os.pathsep.join([str(probe_dir), os.getcwd(), clean.get('PYTHONPATH', '')])
+  done = subprocess.run([sys.executable, '-m', 'launch.convert', '--helpshort'],
+                        env=dict(clean, PYTHONPATH=path, **env), capture_output=True, text=True, timeout=120)
+  return done.stdout.rpartition('TUNABLES=')[2].strip()
 
 
 @pytest.mark.skipif(huge_pages.tuned_environ({}, huge_pages.transparent_huge_page_mode(),
                                              huge_pages.libc_version()) is None,
                     reason='this host gains nothing from huge-page malloc')
 def test_a_launcher_restarts_with_the_tunable(tmp_path):
-  env = {k: v for k, v in os.environ.items() if k not in ('GLIBC_TUNABLES', huge_pages.KEEP_DEFAULTS_ENV)}
-  (tmp_path / 'sitecustomize.py').write_text(PROBE)
-  env.update(PYTHONPATH=os.pathsep.join([str(tmp_path), os.getcwd(), env.get('PYTHONPATH', '')]))
-  done = subprocess.run([sys.executable, '-m', 'launch.convert', '--helpshort'], env=env,
-                        capture_output=True, text=True, timeout=120)
-  assert 'TUNABLES=glibc.malloc.hugetlb=1' in done.stdout
-  env[huge_pages.KEEP_DEFAULTS_ENV] = '1'
-  done = subprocess.run([sys.executable, '-m', 'launch.convert', '--helpshort'], env=env,
-                        capture_output=True, text=True, timeout=120)
-  assert 'TUNABLES=\n' in done.stdout
+  assert launcher_tunables(tmp_path) == 'glibc.malloc.hugetlb=1'
+  assert launcher_tunables(tmp_path, **{huge_pages.KEEP_DEFAULTS_ENV: '1'}) == ''
+  assert launcher_tunables(tmp_path, GLIBC_TUNABLES='glibc.malloc.arena_max=4') == \
+      'glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1'
