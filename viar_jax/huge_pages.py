@@ -13,8 +13,8 @@ a time: ~220k minor page faults per VAR-d16 sample call (batch 4, CFG, 256² dec
   | wall time per call                                      | 24.4-27.5 s  | 22.5-22.6 s |
 
 glibc reads its tunables once, at process start, so a launcher (`python -m launch.<name>`)
-re-executes itself once with the tunable added, before it imports anything heavy (~0.1 s). Nothing
-happens where there is nothing to gain: transparent huge pages `always` (every heap page may already
+re-executes itself once with the tunable added, before it imports anything heavy (a second
+interpreter start, 0.1-0.2 s here). Nothing happens where there is nothing to gain: transparent huge pages `always` (every heap page may already
 be huge) or `never` (none can be), glibc older than 2.35 (no such tunable) or another libc, a
 `glibc.malloc.hugetlb` the user already set (theirs wins), or `VIAR_JAX_MALLOC_DEFAULTS=1`. This
 module imports nothing but the standard library: it runs before JAX.
@@ -77,7 +77,9 @@ def launched_module(orig_argv) -> Optional[str]:
 def restart_launcher() -> None:
   """Re-executes a `python -m launch.<name>` process with huge-page malloc (see the module
   docstring); returns, doing nothing, in any other process or when there is nothing to gain."""
-  if launched_module(getattr(sys, 'orig_argv', ())) is None:
+  # sys.argv[0] is '-m' only while `python -m` locates the module (importing its package): this
+  # is the process's start, not a later `import launch` (e.g. from `python -c ... -m launch.x`).
+  if sys.argv[:1] != ['-m'] or launched_module(getattr(sys, 'orig_argv', ())) is None:
     return
   environ = tuned_environ(os.environ, transparent_huge_page_mode(), libc_version())
   if environ is None:
