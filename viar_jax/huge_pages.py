@@ -14,10 +14,11 @@ a time: ~220k minor page faults per VAR-d16 sample call (batch 4, CFG, 256² dec
 
 glibc reads its tunables once, at process start, so a launcher (`python -m launch.<name>`)
 re-executes itself once with the tunable added, before it imports anything heavy (a second
-interpreter start, 0.1-0.2 s here). Nothing happens where there is nothing to gain: transparent huge pages `always` (every heap page may already
-be huge) or `never` (none can be), glibc older than 2.35 (no such tunable) or another libc, a
-`glibc.malloc.hugetlb` the user already set (theirs wins), or `VIAR_JAX_MALLOC_DEFAULTS=1`. This
-module imports nothing but the standard library: it runs before JAX.
+interpreter start, 0.1-0.2 s here). Nothing happens where there is nothing to gain: transparent
+huge pages `always` (every heap page may already be huge) or `never` (none can be), glibc older
+than 2.35 (no such tunable) or another libc, a `glibc.malloc.hugetlb` the user already set (theirs
+wins), or `VIAR_JAX_MALLOC_DEFAULTS=1`. This module imports nothing but the standard library: it
+runs before JAX.
 """
 import os
 import sys
